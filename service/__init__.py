@@ -1,0 +1,38 @@
+"""bulkhook: receive Open Connectors bulk-job callbacks and event notifications.
+
+`create_app()` only wires: settings, the Redis client and queue, error handlers, blueprints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from flask import Flask
+
+from . import errors, handlers, logs, receiver
+from .config import Settings
+from .connection import connect, task_queue
+from .runtime import EXTENSION, Runtime
+
+
+def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
+    """Build the web app; `test_config` holds environment-style settings over os.environ."""
+    logs.configure()
+    environ = dict(os.environ)
+    if test_config:
+        environ.update(test_config)
+    settings = Settings.from_env(environ)
+    settings.require_redis()
+    settings.check_receiver()
+    handlers.load(settings.handlers)  # fail at start-up, not on the first callback
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    redis = connect(settings)
+    app.extensions[EXTENSION] = Runtime(settings=settings, redis=redis, queue=task_queue(redis))
+
+    errors.init_app(app)
+    app.register_blueprint(receiver.bp)
+    return app

@@ -1,0 +1,162 @@
+"""The `bulkhook` command: sign and send test callbacks, run the service, look inside."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import click
+
+from . import delivery, logs, runner, signature
+from .config import Settings
+from .connection import connect
+from .exceptions import ConfigError
+
+DATA_DIR = Path("var")
+"""Where `bulkhook run` keeps the embedded Redis and a generated key, relative to the cwd."""
+
+
+class _Group(click.Group):
+    """Show configuration problems as one clear line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="bulkhook")
+def main() -> None:
+    """Receive Open Connectors bulk-job callbacks and event notifications."""
+    logs.configure()
+
+
+@main.command()
+@click.option("--key", help="Signature key (default: BULKHOOK_SIGNATURE_KEY or its _FILE).")
+@click.argument("body", type=click.File("rb"), default="-")
+def sign(key: str | None, body: BinaryIO) -> None:
+    """Print the Elements-Webhook-Signature value for BODY (a file, or - for stdin)."""
+    click.echo(signature.sign(_key(key), body.read()))
+
+
+@main.command()
+@click.argument("url")
+@click.argument("body", type=click.File("rb"), default="-")
+@click.option("--key", help="Signature key (default: BULKHOOK_SIGNATURE_KEY or its _FILE).")
+@click.option("--kind", type=click.Choice(["bulk", "events"]), default="bulk", show_default=True,
+              help="Endpoint to use when URL is the service's base URL.")
+@click.option("--unsigned", is_flag=True, help="Send without a signature header.")
+@click.option("--webhook-id", help="Also send this Elements-Webhook-Id header.")
+def send(
+    url: str,
+    body: BinaryIO,
+    key: str | None,
+    kind: str,
+    unsigned: bool,
+    webhook_id: str | None,
+) -> None:
+    """Sign BODY (a file, or - for stdin) and POST it to URL; print the answer."""
+    import requests
+
+    data = body.read()
+    if "/callbacks/" not in urlsplit(url).path:
+        url = url.rstrip("/") + f"/callbacks/{kind}"
+    headers = {"Content-Type": "application/json"}
+    if not unsigned:
+        headers[signature.HEADER] = signature.sign(_key(key), data)
+    if webhook_id:
+        headers["Elements-Webhook-Id"] = webhook_id
+    try:
+        response = requests.post(url, data=data, headers=headers, timeout=30)
+    except requests.RequestException as exc:
+        raise click.ClickException(f"could not reach {url}: {exc}") from None
+    click.echo(f"HTTP {response.status_code} {response.reason}")
+    click.echo(response.text.rstrip())
+    if not response.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
+@click.option("--name", help="Worker name (default: RQ's).")
+def worker(burst: bool, name: str | None) -> None:
+    """Run an RQ worker, with its scheduler, on bulkhook's queue."""
+    from . import worker as worker_module
+
+    worker_module.run(_settings(), burst=burst, name=name)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per delivery.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+def inbox(as_json: bool, limit: int) -> None:
+    """List the most recent deliveries, newest first."""
+    records = delivery.recent(connect(_settings()), limit)
+    if as_json:
+        for record in records:
+            click.echo(json.dumps(record, sort_keys=True))
+        return
+    if not records:
+        click.echo("no deliveries yet")
+        return
+    click.echo(f"{'RECEIVED (UTC)':<26} {'DELIVERY':<32} {'KIND':<6} {'JOB/EVENT':<20} "
+               f"{'STATUS':<12} {'STATE':<10} OUTCOME")
+    for r in records:
+        subject = r.get("job_id") or r.get("event_id") or "-"
+        note = r.get("last_error") if r.get("state") == delivery.FAILED else r.get("outcome")
+        click.echo(
+            f"{r.get('received_at', '')[:26]:<26} {r.get('id', ''):<32} {r.get('kind', ''):<6} "
+            f"{subject[:20]:<20} {r.get('status', '-'):<12} {r.get('state', ''):<10} {note or ''}"
+        )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")),
+              show_default="$PORT or 8000")
+@click.option("--generate-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="With no key configured, create (once) and use a random key in this file.")
+@click.option("--gunicorn-config", type=click.Path(dir_okay=False, path_type=Path),
+              default="deploy/gunicorn.conf.py", show_default=True)
+def run(host: str, port: int, generate_key: Path | None, gunicorn_config: Path) -> None:
+    """Run the web server and one worker; start an embedded Redis when REDIS_URL is unset."""
+    DATA_DIR.mkdir(exist_ok=True)
+    config = gunicorn_config if gunicorn_config.exists() else None
+    sys.exit(
+        runner.run(
+            host=host,
+            port=port,
+            data_dir=DATA_DIR,
+            generate_key=generate_key,
+            gunicorn_config=config,
+            echo=click.echo,
+        )
+    )
+
+
+def _settings() -> Settings:
+    """Settings from the environment; REDIS_URL falls back to a running `bulkhook run`."""
+    env = dict(os.environ)
+    url_file = DATA_DIR / runner.REDIS_URL_FILE
+    if not env.get("REDIS_URL", "").strip() and url_file.exists():
+        env["REDIS_URL"] = url_file.read_text().strip()
+    settings = Settings.from_env(env)
+    settings.require_redis()
+    return settings
+
+
+def _key(option: str | None) -> str:
+    if option:
+        return option
+    keys = Settings.from_env().signature_keys
+    if not keys:
+        raise click.ClickException(
+            "no key: pass --key, or set BULKHOOK_SIGNATURE_KEY or BULKHOOK_SIGNATURE_KEY_FILE"
+        )
+    return keys[0]

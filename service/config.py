@@ -1,0 +1,186 @@
+"""Settings: every knob bulkhook reads from the environment, with its default.
+
+Parsed by hand rather than with Flask's prefixed loader, which JSON-decodes values and would
+turn a numeric-looking signature key into an int.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .exceptions import ConfigError
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Largest accepted body: event notifications repeat the whole vendor payload in each part."""
+
+DEFAULT_DEDUP_TTL_SECONDS = 4 * 24 * 3600
+"""How long a delivery is remembered: beyond the vendor's ~73 h retry window."""
+
+DEFAULT_REDIS_TIMEOUT_SECONDS = 2.0
+"""Socket timeout for Redis: bounds how long a callback waits before a 503 when Redis hangs."""
+
+DEFAULT_INBOX_SIZE = 1000
+"""How many recent deliveries the inbox index keeps."""
+
+DEFAULT_RETRY_INTERVALS = (10, 60, 300, 1800, 7200)
+"""Seconds before each retry of a failed follow-up task; their count is the number of retries."""
+
+DEFAULT_HANDLERS = ("log",)
+"""Handlers run for each delivery when BULKHOOK_HANDLERS is not set."""
+
+QUEUE_NAME = "bulkhook"
+"""The RQ queue follow-up tasks go to."""
+
+KEY_PREFIX = "bulkhook:"
+"""Prefix of every Redis key bulkhook writes (RQ's own keys keep RQ's prefix)."""
+
+RETRY_AFTER_SECONDS = 10
+"""Retry-After sent with a 503, when Redis cannot take a callback."""
+
+TASK_TIMEOUT_SECONDS = 600
+"""Longest a follow-up task may run before RQ stops it."""
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one bulkhook process runs with; secrets are kept out of repr."""
+
+    redis_url: str | None
+    signature_keys: tuple[str, ...] = field(repr=False)
+    allow_unsigned: bool
+    max_body_bytes: int
+    dedup_ttl_seconds: int
+    handlers: tuple[str, ...]
+    redis_timeout_seconds: float
+    inbox_size: int
+    retry_intervals: tuple[int, ...]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        keys = tuple(
+            key
+            for key in (
+                _secret(env, "BULKHOOK_SIGNATURE_KEY"),
+                _secret(env, "BULKHOOK_SIGNATURE_KEY_PREVIOUS"),
+            )
+            if key is not None
+        )
+        handlers = _text(env, "BULKHOOK_HANDLERS")
+        return cls(
+            redis_url=_text(env, "REDIS_URL"),
+            signature_keys=keys,
+            allow_unsigned=_bool(env, "BULKHOOK_ALLOW_UNSIGNED", False),
+            max_body_bytes=_int(env, "BULKHOOK_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            dedup_ttl_seconds=_int(env, "BULKHOOK_DEDUP_TTL_SECONDS", DEFAULT_DEDUP_TTL_SECONDS),
+            handlers=_list(handlers) if handlers else DEFAULT_HANDLERS,
+            redis_timeout_seconds=_float(
+                env, "BULKHOOK_REDIS_TIMEOUT_SECONDS", DEFAULT_REDIS_TIMEOUT_SECONDS
+            ),
+            inbox_size=_int(env, "BULKHOOK_INBOX_SIZE", DEFAULT_INBOX_SIZE),
+            retry_intervals=_intervals(env, "BULKHOOK_RETRY_INTERVALS", DEFAULT_RETRY_INTERVALS),
+        )
+
+    def require_redis(self) -> str:
+        """Return REDIS_URL, or say how to get one."""
+        if not self.redis_url:
+            raise ConfigError(
+                "REDIS_URL is not set: point it at your Redis (redis://host:6379/0), "
+                "or use `bulkhook run`, which starts an embedded Redis"
+            )
+        return self.redis_url
+
+    def check_receiver(self) -> None:
+        """Refuse to receive callbacks without a key, unless unsigned ones are allowed."""
+        if not self.signature_keys and not self.allow_unsigned:
+            raise ConfigError(
+                "no signature key: set BULKHOOK_SIGNATURE_KEY (or BULKHOOK_SIGNATURE_KEY_FILE) "
+                "to the instance's Callback Notification Signature Key, or set "
+                "BULKHOOK_ALLOW_UNSIGNED=true to accept unsigned callbacks"
+            )
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "")
+    return value if value.strip() else None
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """Read a secret from NAME or from the file NAME_FILE names (Docker/Kubernetes secrets)."""
+    value = _text(env, name)
+    path = _text(env, f"{name}_FILE")
+    if value is not None and path is not None:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    if path is None:
+        return value
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.__class__.__name__}") from None
+    # Files usually end in a newline the key does not contain.
+    content = content.rstrip("\r\n")
+    if not content:
+        raise ConfigError(f"{name}_FILE: {path} is empty")
+    return content
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = _text(env, name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _text(env, name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{name} must be positive, not {number}")
+    return number
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _text(env, name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+    if not number > 0:
+        raise ConfigError(f"{name} must be positive, not {value}")
+    return number
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _intervals(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    value = _text(env, name)
+    if value is None:
+        return default
+    try:
+        intervals = tuple(int(item) for item in _list(value))
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated seconds, not {value!r}") from None
+    if any(seconds < 0 for seconds in intervals):
+        raise ConfigError(f"{name} must not hold negative seconds")
+    return intervals

@@ -1,0 +1,148 @@
+"""Deliveries: one accepted callback, its record in Redis, and the view handlers get.
+
+A record is a Redis hash that lives until the delivery is processed; the raw body is kept in
+it until then, so a failed task can be retried or requeued with exactly the bytes received.
+The inbox is a sorted set of recent delivery ids, trimmed to a bounded size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+
+from .config import KEY_PREFIX
+
+QUEUED = "queued"
+"""Accepted and waiting for a worker (also while waiting for a retry)."""
+
+PROCESSING = "processing"
+"""A worker is running the handlers."""
+
+DONE = "done"
+"""Every handler succeeded."""
+
+FAILED = "failed"
+"""Retries are used up; the task is in RQ's failed registry."""
+
+INBOX_KEY = f"{KEY_PREFIX}inbox"
+"""Sorted set of recent delivery ids, scored by time received."""
+
+_TEXT_FIELDS = (
+    "id",
+    "kind",
+    "job_id",
+    "status",
+    "event_id",
+    "webhook_id",
+    "dedup_key",
+    "received_at",
+    "state",
+    "signed",
+    "attempts",
+    "handlers_done",
+    "outcome",
+    "last_error",
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One accepted callback, as handlers see it."""
+
+    id: str
+    kind: str
+    job_id: str | None
+    status: str | None
+    body: Any
+    received_at: datetime
+    event_id: str | None = None
+    webhook_id: str | None = None
+    signed: bool = True
+
+
+def record_key(delivery_id: str) -> str:
+    """Redis key of a delivery's record."""
+    return f"{KEY_PREFIX}delivery:{delivery_id}"
+
+
+def seen_key(dedup_key: str) -> str:
+    """Redis key that remembers a de-dup key, holding the id of the delivery that used it."""
+    return f"{KEY_PREFIX}seen:{dedup_key}"
+
+
+def save(pipe: Pipeline, record: dict[str, Any], body: bytes, inbox_size: int) -> None:
+    """Queue the writes of a new record and its inbox entry on `pipe`."""
+    fields = {name: _encode(value) for name, value in record.items() if value is not None}
+    fields["body"] = body
+    pipe.hset(record_key(record["id"]), mapping=fields)
+    received = datetime.fromisoformat(record["received_at"]).timestamp()
+    pipe.zadd(INBOX_KEY, {record["id"]: received})
+    # Only the index is trimmed: a record stays until its delivery is processed.
+    pipe.zremrangebyrank(INBOX_KEY, 0, -inbox_size - 1)
+
+
+def load(conn: Redis, delivery_id: str) -> tuple[dict[str, str], bytes | None] | None:
+    """Return a record's text fields and its body (None once processed), or None if gone."""
+    raw = conn.hgetall(record_key(delivery_id))
+    if not raw:
+        return None
+    body = raw.pop(b"body", None)
+    return {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}, body
+
+
+def update(conn: Redis | Pipeline, delivery_id: str, **fields: Any) -> None:
+    """Set fields of an existing record."""
+    conn.hset(record_key(delivery_id), mapping={k: _encode(v) for k, v in fields.items()})
+
+
+def recent(conn: Redis, limit: int) -> list[dict[str, str]]:
+    """Return up to `limit` records, most recent first, without their bodies."""
+    ids = [i.decode() for i in conn.zrevrange(INBOX_KEY, 0, limit - 1)]
+    pipe = conn.pipeline(transaction=False)
+    for delivery_id in ids:
+        pipe.hmget(record_key(delivery_id), _TEXT_FIELDS)
+    records = []
+    for values in pipe.execute():
+        if values[0] is None:  # expired after it was processed
+            continue
+        records.append(
+            {
+                name: value.decode("utf-8", "replace")
+                for name, value in zip(_TEXT_FIELDS, values, strict=True)
+                if value is not None
+            }
+        )
+    return records
+
+
+def to_delivery(fields: dict[str, str], body: bytes) -> Delivery:
+    """Build the handlers' view of a record."""
+    return Delivery(
+        id=fields["id"],
+        kind=fields["kind"],
+        job_id=fields.get("job_id"),
+        status=fields.get("status"),
+        body=json.loads(body),
+        received_at=datetime.fromisoformat(fields["received_at"]),
+        event_id=fields.get("event_id"),
+        webhook_id=fields.get("webhook_id"),
+        signed=fields.get("signed") == "1",
+    )
+
+
+def now_iso() -> str:
+    """The current UTC time, as records store it."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _encode(value: Any) -> str | bytes:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, bytes):
+        return value
+    return str(value)

@@ -1,0 +1,147 @@
+"""Read callback bodies: what kind they are, which job and status, and their de-dup key.
+
+Only called after the signature is good. Every way a body can be wrong becomes a
+PayloadError with a sentence the sender can act on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .exceptions import PayloadError
+
+BULK = "bulk"
+"""Bulk-job callbacks: a flat JSON summary of the job."""
+
+EVENTS = "events"
+"""Event notifications: `{"message": {...}}`, or the older `{"eventId", "response"}` shape."""
+
+KINDS = (BULK, EVENTS)
+
+STATUS_ALIASES = {"COMPLETE": "COMPLETED", "CANCELED": "CANCELLED"}
+"""Spellings the vendor's docs use interchangeably, mapped to one."""
+
+MAX_IDENTIFIER_LENGTH = 200
+"""Longest job id, event id or status kept; real ones are a few dozen characters."""
+
+TERMINAL_STATUSES = frozenset({"COMPLETED", "ERROR", "ABORTED", "CANCELLED"})
+"""Bulk job statuses after which nothing more happens to the job."""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What the receiver needs from a verified body."""
+
+    kind: str
+    document: dict[str, Any]
+    dedup_key: str
+    job_id: str | None = None
+    status: str | None = None
+    event_id: str | None = None
+
+
+def parse(kind: str, body: bytes, webhook_id: str | None = None) -> Payload:
+    """Parse a verified body of the given kind, or raise PayloadError."""
+    document = _decode(body)
+    if kind == BULK:
+        return _bulk(document)
+    if kind == EVENTS:
+        return _events(document, body, webhook_id)
+    raise ValueError(f"unknown callback kind {kind!r}")
+
+
+def normalise_status(status: str) -> str:
+    """Upper-case a bulk status and fold the vendor's alternative spellings."""
+    upper = status.strip().upper()
+    return STATUS_ALIASES.get(upper, upper)
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise PayloadError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("body is not valid JSON: nested too deeply") from None
+    if not isinstance(document, dict):
+        raise PayloadError(f"body must be a JSON object, not {_json_type(document)}")
+    return document
+
+
+def _reject_constant(name: str) -> None:
+    raise PayloadError(f"body is not valid JSON: {name} is not a JSON value")
+
+
+def _bulk(document: dict[str, Any]) -> Payload:
+    job_id = _identifier(document.get("id"), "id")
+    raw_status = document.get("status")
+    if raw_status is None:
+        raise PayloadError("bulk callback has no 'status'")
+    if not isinstance(raw_status, str) or not raw_status.strip():
+        raise PayloadError("bulk callback 'status' must be a non-empty string")
+    if len(raw_status) > MAX_IDENTIFIER_LENGTH:
+        raise PayloadError(f"'status' is longer than {MAX_IDENTIFIER_LENGTH} characters")
+    status = normalise_status(raw_status)
+    return Payload(
+        kind=BULK,
+        document=document,
+        dedup_key=f"bulk:{job_id}:{status}",
+        job_id=job_id,
+        status=status,
+    )
+
+
+def _events(document: dict[str, Any], body: bytes, webhook_id: str | None) -> Payload:
+    if "message" in document:
+        envelope = document["message"]
+        if not isinstance(envelope, dict):
+            raise PayloadError("event notification 'message' must be a JSON object")
+    elif "response" in document:
+        if not isinstance(document["response"], dict):
+            raise PayloadError("event notification 'response' must be a JSON object")
+        envelope = document
+    else:
+        raise PayloadError("event notification needs a 'message' (or older 'response') object")
+
+    raw_event_id = envelope.get("eventId")
+    event_id = _identifier(raw_event_id, "eventId") if raw_event_id is not None else None
+    if event_id is not None:
+        dedup_key = f"events:{event_id}"
+    elif webhook_id:
+        dedup_key = f"events:webhook-id:{webhook_id}"
+    else:
+        dedup_key = f"events:sha256:{hashlib.sha256(body).hexdigest()}"
+    return Payload(kind=EVENTS, document=document, dedup_key=dedup_key, event_id=event_id)
+
+
+def _identifier(value: Any, name: str) -> str:
+    """Normalise an id to a string: the vendor sends ids as strings, ints and doubles."""
+    if value is None:
+        raise PayloadError(f"callback has no '{name}'")
+    if isinstance(value, bool):
+        raise PayloadError(f"'{name}' must be a string or a number, not a boolean")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise PayloadError(f"'{name}' must be a whole number, not {value!r}")
+        value = int(value)
+    if isinstance(value, int):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise PayloadError(f"'{name}' must be a non-empty string or a number")
+    if len(value) > MAX_IDENTIFIER_LENGTH:
+        raise PayloadError(f"'{name}' is longer than {MAX_IDENTIFIER_LENGTH} characters")
+    return value.strip()
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")

@@ -1,0 +1,105 @@
+"""The HTTP endpoints: read the raw bytes, verify, record, answer."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, request
+from redis import RedisError
+
+from . import intake, payloads, runtime, signature
+from .config import RETRY_AFTER_SECONDS
+from .errors import answer
+from .exceptions import PayloadError, SignatureError
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("receiver", __name__)
+
+WEBHOOK_ID_HEADER = "Elements-Webhook-Id"
+"""Sent with event callbacks; a secondary de-dup key when the body has no eventId."""
+
+_MAX_WEBHOOK_ID_LENGTH = 200
+
+
+@bp.post(f"/callbacks/<any({', '.join(payloads.KINDS)}):kind>")
+def receive(kind: str) -> Response:
+    """Take one callback: 202 queued, 200 duplicate, or a 4xx/503 that says why not."""
+    parts = runtime.current()
+    settings = parts.settings
+    # The HMAC is over the bytes on the wire, read before anything could parse them.
+    body = request.get_data(cache=False)
+    header = request.headers.get(signature.HEADER)
+    if header is None and settings.allow_unsigned:
+        signed = False
+    else:
+        try:
+            signature.verify(header, body, settings.signature_keys)
+        except SignatureError as exc:
+            log.warning("rejected %s callback: %s", kind, exc)
+            return answer(401, "unauthorized", str(exc))
+        signed = True
+
+    webhook_id = _webhook_id()
+    try:
+        payload = payloads.parse(kind, body, webhook_id)
+    except PayloadError as exc:
+        log.warning("rejected %s callback: %s", kind, exc)
+        return answer(400, "malformed", str(exc))
+
+    try:
+        receipt = intake.accept(
+            parts.redis,
+            parts.queue,
+            settings,
+            payload,
+            body,
+            signed=signed,
+            webhook_id=webhook_id,
+        )
+    except RedisError as exc:
+        log.error("redis could not take a %s callback: %s", kind, exc.__class__.__name__)
+        response = answer(503, "unavailable", "cannot record the callback now; retry later")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+    if receipt.duplicate:
+        log.info("duplicate %s callback %s of delivery %s", kind, payload.dedup_key,
+                 receipt.delivery_id)
+        return answer(
+            200,
+            "duplicate",
+            "already accepted; not queued again",
+            delivery_id=receipt.delivery_id,
+        )
+    log.info(
+        "accepted %s callback as delivery %s (job %s, status %s)",
+        kind,
+        receipt.delivery_id,
+        payload.job_id,
+        payload.status,
+    )
+    return answer(202, "accepted", "recorded and queued", delivery_id=receipt.delivery_id)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is alive; no Redis call, so a Redis outage does not restart web nodes."""
+    return answer(200, "ok", "alive")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Ready to accept callbacks: Redis answers."""
+    try:
+        runtime.current().redis.ping()
+    except RedisError as exc:
+        return answer(503, "unavailable", f"redis does not answer ({exc.__class__.__name__})")
+    return answer(200, "ready", "redis answers")
+
+
+def _webhook_id() -> str | None:
+    value = request.headers.get(WEBHOOK_ID_HEADER, "").strip()
+    if not value or len(value) > _MAX_WEBHOOK_ID_LENGTH:
+        return None
+    return value

@@ -1,0 +1,26 @@
+"""The RQ worker that runs follow-up tasks, visible to stock RQ tools (`rq info`)."""
+
+from __future__ import annotations
+
+from rq import Worker
+from rq.serializers import JSONSerializer
+
+from . import handlers
+from .config import QUEUE_NAME, Settings
+from .connection import connect
+
+
+def build(settings: Settings, name: str | None = None) -> Worker:
+    """Return a worker on bulkhook's queue, after checking the handlers import."""
+    handlers.load(settings.handlers)
+    return Worker(
+        [QUEUE_NAME], connection=connect(settings), serializer=JSONSerializer, name=name
+    )
+
+
+def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
+    """Work until stopped (or, with `burst`, until the queue is empty).
+
+    The scheduler runs inside the worker: retries with a delay need it.
+    """
+    return build(settings, name).work(burst=burst, with_scheduler=True, logging_level="INFO")
