@@ -28,7 +28,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     handlers.load(settings.handlers)  # fail at start-up, not on the first callback
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit: Werkzeug stops a chunked body silently at exactly the limit,
+    # so the view needs to see one byte more to tell "at the limit" from "over it".
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
     redis = connect(settings)
     app.extensions[EXTENSION] = Runtime(settings=settings, redis=redis, queue=task_queue(redis))

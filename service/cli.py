@@ -49,8 +49,13 @@ def sign(key: str | None, body: BinaryIO) -> None:
 @click.argument("url")
 @click.argument("body", type=click.File("rb"), default="-")
 @click.option("--key", help="Signature key (default: BULKHOOK_SIGNATURE_KEY or its _FILE).")
-@click.option("--kind", type=click.Choice(["bulk", "events"]), default="bulk", show_default=True,
-              help="Endpoint to use when URL is the service's base URL.")
+@click.option(
+    "--kind",
+    type=click.Choice(["bulk", "events"]),
+    default="bulk",
+    show_default=True,
+    help="Endpoint to use when URL is the service's base URL.",
+)
 @click.option("--unsigned", is_flag=True, help="Send without a signature header.")
 @click.option("--webhook-id", help="Also send this Elements-Webhook-Id header.")
 def send(
@@ -105,8 +110,10 @@ def inbox(as_json: bool, limit: int) -> None:
     if not records:
         click.echo("no deliveries yet")
         return
-    click.echo(f"{'RECEIVED (UTC)':<26} {'DELIVERY':<32} {'KIND':<6} {'JOB/EVENT':<20} "
-               f"{'STATUS':<12} {'STATE':<10} OUTCOME")
+    click.echo(
+        f"{'RECEIVED (UTC)':<26} {'DELIVERY':<32} {'KIND':<6} {'JOB/EVENT':<20} "
+        f"{'STATUS':<12} {'STATE':<10} OUTCOME"
+    )
     for r in records:
         subject = r.get("job_id") or r.get("event_id") or "-"
         note = r.get("last_error") if r.get("state") == delivery.FAILED else r.get("outcome")
@@ -118,12 +125,23 @@ def inbox(as_json: bool, limit: int) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")),
-              show_default="$PORT or 8000")
-@click.option("--generate-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="With no key configured, create (once) and use a random key in this file.")
-@click.option("--gunicorn-config", type=click.Path(dir_okay=False, path_type=Path),
-              default="deploy/gunicorn.conf.py", show_default=True)
+@click.option(
+    "--port",
+    type=int,
+    default=lambda: int(os.environ.get("PORT", "8000")),
+    show_default="$PORT or 8000",
+)
+@click.option(
+    "--generate-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With no key configured, create (once) and use a random key in this file.",
+)
+@click.option(
+    "--gunicorn-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="deploy/gunicorn.conf.py",
+    show_default=True,
+)
 def run(host: str, port: int, generate_key: Path | None, gunicorn_config: Path) -> None:
     """Run the web server and one worker; start an embedded Redis when REDIS_URL is unset."""
     DATA_DIR.mkdir(exist_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 from redis.client import Pipeline
@@ -77,7 +77,9 @@ def seen_key(dedup_key: str) -> str:
 
 def save(pipe: Pipeline, record: dict[str, Any], body: bytes, inbox_size: int) -> None:
     """Queue the writes of a new record and its inbox entry on `pipe`."""
-    fields = {name: _encode(value) for name, value in record.items() if value is not None}
+    fields: dict[Any, Any] = {
+        name: _encode(value) for name, value in record.items() if value is not None
+    }
     fields["body"] = body
     pipe.hset(record_key(record["id"]), mapping=fields)
     received = datetime.fromisoformat(record["received_at"]).timestamp()
@@ -88,7 +90,8 @@ def save(pipe: Pipeline, record: dict[str, Any], body: bytes, inbox_size: int) -
 
 def load(conn: Redis, delivery_id: str) -> tuple[dict[str, str], bytes | None] | None:
     """Return a record's text fields and its body (None once processed), or None if gone."""
-    raw = conn.hgetall(record_key(delivery_id))
+    # A client without decode_responses answers bytes; the casts say so to the type checker.
+    raw = cast(dict[bytes, bytes], conn.hgetall(record_key(delivery_id)))
     if not raw:
         return None
     body = raw.pop(b"body", None)
@@ -102,7 +105,7 @@ def update(conn: Redis | Pipeline, delivery_id: str, **fields: Any) -> None:
 
 def recent(conn: Redis, limit: int) -> list[dict[str, str]]:
     """Return up to `limit` records, most recent first, without their bodies."""
-    ids = [i.decode() for i in conn.zrevrange(INBOX_KEY, 0, limit - 1)]
+    ids = [i.decode() for i in cast(list[bytes], conn.zrevrange(INBOX_KEY, 0, limit - 1))]
     pipe = conn.pipeline(transaction=False)
     for delivery_id in ids:
         pipe.hmget(record_key(delivery_id), _TEXT_FIELDS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
 from redis import Redis, WatchError
 from rq import Queue, Retry
@@ -66,7 +67,7 @@ def accept(
         while True:
             try:
                 pipe.watch(seen)
-                earlier = pipe.get(seen)
+                earlier = cast(bytes | None, pipe.get(seen))
                 if earlier is not None:
                     return Receipt(delivery_id=earlier.decode(), duplicate=True)
                 pipe.multi()

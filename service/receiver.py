@@ -6,6 +6,7 @@ import logging
 
 from flask import Blueprint, Response, request
 from redis import RedisError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import intake, payloads, runtime, signature
 from .config import RETRY_AFTER_SECONDS
@@ -29,6 +30,8 @@ def receive(kind: str) -> Response:
     settings = parts.settings
     # The HMAC is over the bytes on the wire, read before anything could parse them.
     body = request.get_data(cache=False)
+    if len(body) > settings.max_body_bytes:
+        raise RequestEntityTooLarge()
     header = request.headers.get(signature.HEADER)
     if header is None and settings.allow_unsigned:
         signed = False
@@ -64,8 +67,9 @@ def receive(kind: str) -> Response:
         return response
 
     if receipt.duplicate:
-        log.info("duplicate %s callback %s of delivery %s", kind, payload.dedup_key,
-                 receipt.delivery_id)
+        log.info(
+            "duplicate %s callback %s of delivery %s", kind, payload.dedup_key, receipt.delivery_id
+        )
         return answer(
             200,
             "duplicate",

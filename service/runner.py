@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -19,6 +20,9 @@ from types import FrameType
 from . import handlers
 from .config import Settings
 from .embedded_redis import EmbeddedRedis
+
+START_TIMEOUT_SECONDS = 30.0
+"""How long the web server may take to answer /healthz."""
 
 STOP_TIMEOUT_SECONDS = 30.0
 """How long web and worker get to finish before they are killed."""
@@ -54,9 +58,7 @@ def run(
         )
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    previous = {
-        sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         settings = Settings.from_env(env)
         if not settings.signature_keys and not settings.allow_unsigned and generate_key:
@@ -75,6 +77,9 @@ def run(
         children.append(("worker", subprocess.Popen(worker, env=env, start_new_session=True)))
 
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        if not _wait_serving(f"http://{shown}:{port}/healthz", children[0][1]):
+            echo("the web server did not come up; stopping")
+            return 1
         echo(f"callback URLs: http://{shown}:{port}/callbacks/bulk")
         echo(f"               http://{shown}:{port}/callbacks/events")
         echo("Ctrl-C stops everything.")
@@ -111,6 +116,19 @@ def _ensure_key(path: Path, echo: Callable[[str], None]) -> None:
         "  Give the same key to Open Connectors as the instance's "
         "Callback Notification Signature Key."
     )
+
+
+def _wait_serving(url: str, web: subprocess.Popen[bytes]) -> bool:
+    """Wait until the web server answers, so the URLs printed next work at once."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and web.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 def _wait(children: list[tuple[str, subprocess.Popen[bytes]]], echo: Callable[[str], None]) -> int:

@@ -1,0 +1,55 @@
+"""Handlers used by the tests, named in BULKHOOK_HANDLERS as a user's own would be."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from service.delivery import Delivery
+
+
+def _append(name: str, delivery: Delivery) -> None:
+    line = {
+        "handler": name,
+        "id": delivery.id,
+        "kind": delivery.kind,
+        "job_id": delivery.job_id,
+        "status": delivery.status,
+        "event_id": delivery.event_id,
+        "webhook_id": delivery.webhook_id,
+        "signed": delivery.signed,
+        "received_at": delivery.received_at.isoformat(),
+        "body": delivery.body,
+    }
+    # One write per line with O_APPEND: lines from concurrent workers do not interleave.
+    with open(os.environ["BULKHOOK_TEST_OUTPUT"], "a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
+def record(delivery: Delivery) -> str:
+    """Append the delivery to the test output file."""
+    _append("record", delivery)
+    return "recorded"
+
+
+def flaky(delivery: Delivery) -> str:
+    """Fail on the first call for a delivery, succeed after."""
+    marker = Path(os.environ["BULKHOOK_TEST_OUTPUT"] + f".{delivery.id}.flaky")
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError("flaky handler fails once")
+    _append("flaky", delivery)
+    return "flaky ok"
+
+
+def always_fails(delivery: Delivery) -> None:
+    """Fail every time."""
+    raise ValueError(f"cannot handle {delivery.id}")
+
+
+def read(path: Path) -> list[dict]:
+    """The lines the handlers wrote, parsed."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -1,0 +1,196 @@
+"""The service as the Procfile runs it: gunicorn and `bulkhook worker` over real HTTP and Redis."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from redis import Redis
+
+from service.delivery import record_key
+from service.embedded_redis import EmbeddedRedis, free_port
+from service.signature import sign
+
+from .conftest import KEY
+from .handlers import read
+from .processes import REPO, environment, procfile_command, stop, wait_for, wait_until_serving
+
+pytestmark = pytest.mark.slow
+
+
+class Stack:
+    """Redis, the Procfile's web and worker processes, and where to reach them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.redis = EmbeddedRedis(tmp / "redis").start()
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.output = tmp / "handled.jsonl"
+        self.env = environment(
+            PORT=str(self.port),
+            REDIS_URL=self.redis.url,
+            BULKHOOK_SIGNATURE_KEY=KEY,
+            BULKHOOK_HANDLERS="tests.handlers.record",
+            BULKHOOK_TEST_OUTPUT=str(self.output),
+            BULKHOOK_MAX_BODY_BYTES=str(1024 * 1024),
+        )
+        self.logs = tmp
+        self.log_files: list = []
+        self.web = self._start("web")
+        self.worker = self._start("worker")
+        wait_until_serving(f"{self.base}/readyz", self.web)
+        self.conn = Redis.from_url(self.redis.url)
+
+    def _start(self, name: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed in close()
+        self.log_files.append(log)
+        return subprocess.Popen(
+            procfile_command(name), cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def post(self, body: bytes, kind: str = "bulk", key: str = KEY) -> requests.Response:
+        headers = {"Elements-Webhook-Signature": sign(key, body)}
+        return requests.post(
+            f"{self.base}/callbacks/{kind}", data=body, headers=headers, timeout=30
+        )
+
+    def wait_done(self, delivery_id: str) -> dict[bytes, bytes]:
+        def done() -> dict[bytes, bytes] | None:
+            record = self.conn.hgetall(record_key(delivery_id))
+            return record if record.get(b"state") == b"done" else None
+
+        return wait_for(done, what=f"delivery {delivery_id} to be processed")
+
+    def close(self) -> None:
+        for process in (self.web, self.worker):
+            stop(process)
+        self.redis.stop()
+        self.conn.close()
+        for log in self.log_files:
+            log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(tmp_path_factory.mktemp("stack"))
+    yield running
+    running.close()
+
+
+def bulk_body(status: str = "COMPLETED") -> bytes:
+    job_id = uuid.uuid4().hex[:8]
+    return json.dumps({"id": job_id, "status": status, "fileFormat": "csv"}).encode()
+
+
+def test_signed_callback_is_accepted_and_processed_by_the_worker(stack: Stack) -> None:
+    body = bulk_body()
+    response = stack.post(body)
+
+    assert response.status_code == 202
+    delivery_id = response.json()["delivery_id"]
+    record = stack.wait_done(delivery_id)
+    assert record[b"outcome"] == b"tests.handlers.record: recorded"
+    assert [line["id"] for line in read(stack.output) if line["id"] == delivery_id] == [delivery_id]
+
+
+def test_concurrent_duplicates_queue_exactly_one_task(stack: Stack) -> None:
+    body = bulk_body()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda _: stack.post(body), range(48)))
+
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] * 47 + [202]
+    assert len({a.json()["delivery_id"] for a in answers}) == 1
+    delivery_id = answers[0].json()["delivery_id"]
+    stack.wait_done(delivery_id)
+    assert [line["id"] for line in read(stack.output)].count(delivery_id) == 1
+
+
+def test_rq_info_sees_the_queue_and_the_worker(stack: Stack) -> None:
+    info = subprocess.run(
+        ["rq", "info", "--url", stack.redis.url],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "bulkhook" in info
+    assert "1 workers, 1 queues" in info
+
+
+def test_raw_unicode_bytes_in_the_signature_header_get_401(stack: Stack) -> None:
+    body = bulk_body()
+    request = (
+        b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Elements-Webhook-Signature: sha256=\xe2\x98\x83\xff\xfe\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(request)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401")
+    assert json.loads(payload)["status"] == "unauthorized"
+
+
+def _chunked_post(stack: Stack, body: bytes) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+    chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+    headers = {"Elements-Webhook-Signature": sign(KEY, body)}
+    try:
+        connection.request(
+            "POST", "/callbacks/bulk", body=chunks, headers=headers, encode_chunked=True
+        )
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_chunked_body_within_the_limit_is_accepted(stack: Stack) -> None:
+    body = json.dumps({"id": uuid.uuid4().hex, "status": "COMPLETED", "pad": "x" * 200_000})
+    status, answer = _chunked_post(stack, body.encode())
+    assert (status, answer["status"]) == (202, "accepted")
+
+
+def test_chunked_body_over_the_limit_gets_413(stack: Stack) -> None:
+    body = json.dumps({"id": uuid.uuid4().hex, "status": "COMPLETED", "pad": "x" * 1_100_000})
+    try:
+        status, answer = _chunked_post(stack, body.encode())
+    except (ConnectionResetError, BrokenPipeError):
+        pytest.fail("the server dropped the connection instead of answering 413")
+    assert (status, answer["status"]) == (413, "too_large")
+
+
+def test_bulkhook_send_posts_a_signed_body_and_prints_the_answer(stack: Stack, tmp_path) -> None:
+    body_file = tmp_path / "body.json"
+    body_file.write_bytes(bulk_body())
+
+    def send(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bulkhook", "send", stack.base, str(body_file), *extra],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    first, again, wrong = send(), send(), send("--key", "wrong-key")
+    assert (first.returncode, first.stdout.splitlines()[0]) == (0, "HTTP 202 ACCEPTED")
+    assert (again.returncode, json.loads(again.stdout.splitlines()[1])["status"]) == (
+        0,
+        "duplicate",
+    )
+    assert (wrong.returncode, wrong.stdout.splitlines()[0]) == (1, "HTTP 401 UNAUTHORIZED")

@@ -1,0 +1,97 @@
+"""Redis down or hanging: 503 with Retry-After, nothing half-written, and recovery by itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from service import create_app
+from service.config import QUEUE_NAME, RETRY_AFTER_SECONDS
+from service.embedded_redis import EmbeddedRedis
+
+from .conftest import BULK_BODY, EVENTS_BODY, KEY, post
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server this test may stop, freeze and restart."""
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
+
+
+@pytest.fixture
+def outage_client(own_redis: EmbeddedRedis):
+    app = create_app(
+        {
+            "REDIS_URL": own_redis.url,
+            "BULKHOOK_SIGNATURE_KEY": KEY,
+            "BULKHOOK_REDIS_TIMEOUT_SECONDS": "0.5",
+        }
+    )
+    return app.test_client()
+
+
+def bulkhook_keys(url: str) -> list[bytes]:
+    return list(Redis.from_url(url).scan_iter("bulkhook:*"))
+
+
+def test_redis_stopped_gets_503_with_retry_after_and_records_nothing(own_redis, outage_client):
+    own_redis.stop()
+
+    response = post(outage_client, "bulk", BULK_BODY)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert response.get_json() == {
+        "status": "unavailable",
+        "detail": "cannot record the callback now; retry later",
+    }
+    own_redis.start()  # same port, same data directory (append-only file on)
+    assert bulkhook_keys(own_redis.url) == []
+
+
+def test_readyz_fails_but_healthz_holds_while_redis_is_down(own_redis, outage_client):
+    own_redis.stop()
+
+    assert outage_client.get("/healthz").status_code == 200
+    ready = outage_client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["status"] == "unavailable"
+
+
+def test_service_resumes_by_itself_when_redis_returns(own_redis, outage_client):
+    assert post(outage_client, "events", EVENTS_BODY).status_code == 202
+    own_redis.stop()
+    assert post(outage_client, "bulk", BULK_BODY).status_code == 503
+
+    own_redis.start()
+
+    assert post(outage_client, "bulk", BULK_BODY).status_code == 202
+    assert outage_client.get("/readyz").status_code == 200
+
+
+def test_hanging_redis_gets_503_instead_of_a_hung_request(own_redis, outage_client):
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    try:
+        response = post(outage_client, "bulk", BULK_BODY)
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    # Whatever reached Redis before the timeout, the sender's retry is taken exactly once.
+    retried = post(outage_client, "bulk", BULK_BODY)
+    assert retried.status_code in (200, 202)
+    queue = Queue(QUEUE_NAME, connection=Redis.from_url(own_redis.url), serializer=JSONSerializer)
+    assert queue.count == 1

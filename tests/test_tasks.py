@@ -1,0 +1,102 @@
+"""Follow-up tasks run by real RQ workers against the real Redis."""
+
+from __future__ import annotations
+
+from rq import Queue
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from service.config import QUEUE_NAME
+from service.delivery import record_key
+
+from .conftest import BULK_BODY, EVENTS_BODY, post, work
+from .handlers import read
+
+
+def test_worker_runs_the_handlers_with_the_delivery(client, conn, handler_output, monkeypatch):
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record,log")
+    delivery_id = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+
+    work(conn)
+
+    [line] = read(handler_output)
+    assert line["id"] == delivery_id
+    assert line["kind"] == "bulk"
+    assert line["job_id"] == "42114492"
+    assert line["status"] == "COMPLETED"
+    assert line["signed"] is True
+    assert line["body"]["fileFormat"] == "csv"
+    record = conn.hgetall(record_key(delivery_id))
+    assert record[b"state"] == b"done"
+    assert record[b"attempts"] == b"1"
+    assert (
+        record[b"outcome"] == b"tests.handlers.record: recorded; log: bulk job 42114492 COMPLETED"
+    )
+    assert b"body" not in record  # kept only until processed
+    assert conn.ttl(record_key(delivery_id)) > 0
+
+
+def test_event_notifications_reach_the_handlers(client, conn, handler_output, monkeypatch):
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record")
+    post(client, "events", EVENTS_BODY, headers={"Elements-Webhook-Id": "wh-9"})
+
+    work(conn)
+
+    [line] = read(handler_output)
+    assert line["kind"] == "events"
+    assert line["event_id"] == "ev-1"
+    assert line["webhook_id"] == "wh-9"
+    assert line["body"]["message"]["events"][0]["eventType"] == "UPDATED"
+
+
+def test_default_handler_logs_and_records_the_outcome(client, conn, caplog):
+    caplog.set_level("INFO")
+    delivery_id = post(client, "events", EVENTS_BODY).get_json()["delivery_id"]
+
+    work(conn)
+
+    outcome = "log: event notification with 1 event(s)"
+    assert conn.hget(record_key(delivery_id), "outcome").decode() == outcome
+    assert f"delivery {delivery_id}: event notification with 1 event(s)" in caplog.text
+
+
+def test_failing_handler_is_retried_alone(client, conn, handler_output, monkeypatch):
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record,tests.handlers.flaky")
+    delivery_id = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+
+    work(conn)
+
+    lines = read(handler_output)
+    assert [line["handler"] for line in lines] == ["record", "flaky"]
+    record = conn.hgetall(record_key(delivery_id))
+    assert record[b"state"] == b"done"
+    assert record[b"attempts"] == b"2"
+    assert record[b"handlers_done"] == b"tests.handlers.record,tests.handlers.flaky"
+
+
+def test_task_that_keeps_failing_lands_in_the_failed_registry(client, conn, monkeypatch):
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.always_fails")
+    delivery_id = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+
+    work(conn)
+
+    queue = Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
+    assert FailedJobRegistry(queue=queue).get_job_ids() == [delivery_id]
+    record = conn.hgetall(record_key(delivery_id))
+    assert record[b"state"] == b"failed"
+    assert record[b"attempts"] == b"3"  # the first run and two retries (BULKHOOK_RETRY_INTERVALS)
+    assert record[b"last_error"] == (
+        f"tests.handlers.always_fails: ValueError: cannot handle {delivery_id}".encode()
+    )
+    assert record[b"body"] == BULK_BODY  # still there to requeue
+
+
+def test_duplicate_is_processed_once(client, conn, handler_output, monkeypatch):
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record")
+    post(client, "bulk", BULK_BODY)
+    work(conn)
+    assert post(client, "bulk", BULK_BODY).status_code == 200
+
+    work(conn)
+
+    assert len(read(handler_output)) == 1
