@@ -7,9 +7,10 @@ turn a numeric-looking signature key into an int.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from .exceptions import ConfigError
 
@@ -42,6 +43,8 @@ RETRY_AFTER_SECONDS = 10
 
 TASK_TIMEOUT_SECONDS = 600
 """Longest a follow-up task may run before RQ stops it."""
+
+N = TypeVar("N", int, float)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -144,28 +147,25 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _text(env, name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
-    if number <= 0:
-        raise ConfigError(f"{name} must be positive, not {number}")
-    return number
+    return _positive(env, name, default, int, "a whole number")
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _positive(env, name, default, float, "a number of seconds")
+
+
+def _positive(
+    env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], what: str
+) -> N:
     value = _text(env, name)
     if value is None:
         return default
     try:
-        number = float(value)
+        number = parse(value)
     except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
-    if not number > 0:
-        raise ConfigError(f"{name} must be positive, not {value}")
+        raise ConfigError(f"{name} must be {what}, not {value!r}") from None
+    if not number > 0:  # also refuses NaN
+        raise ConfigError(f"{name} must be positive, not {value.strip()}")
     return number
 
 
