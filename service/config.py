@@ -32,6 +32,21 @@ DEFAULT_RETRY_INTERVALS = (10, 60, 300, 1800, 7200)
 DEFAULT_HANDLERS = ("log",)
 """Handlers run for each delivery when BULKHOOK_HANDLERS is not set."""
 
+DEFAULT_API_TIMEOUT_SECONDS = 30.0
+"""Timeout of each Open Connectors API call (connect and each read)."""
+
+DEFAULT_API_RATE_LIMIT = 10
+"""Open Connectors API calls per second, shared by every worker on one Redis."""
+
+DEFAULT_STATUS_CHECK_INTERVALS = (5, 15, 60, 300, 900)
+"""Seconds between re-reads of a job that is not finished yet; then the reconciler takes over."""
+
+DEFAULT_RECONCILE_AFTER_SECONDS = 900
+"""A job bulkhook started that is still open this long after its last check gets re-read."""
+
+DEFAULT_RECONCILE_INTERVAL_SECONDS = 60
+"""How often one worker (any one) runs the reconciler."""
+
 QUEUE_NAME = "bulkhook"
 """The RQ queue follow-up tasks go to."""
 
@@ -63,6 +78,21 @@ class Settings:
     redis_timeout_seconds: float
     inbox_size: int
     retry_intervals: tuple[int, ...]
+    openconnectors_url: str | None = None
+    element_token: str | None = field(default=None, repr=False)
+    user_secret: str | None = field(default=None, repr=False)
+    organization_secret: str | None = field(default=None, repr=False)
+    public_url: str | None = None
+    strict_jobs: bool = False
+    outbox_dir: Path = Path("var/outbox")
+    work_dir: Path = Path("var/work")
+    forward_url: str | None = None
+    forward_key: str | None = field(default=None, repr=False)
+    api_timeout_seconds: float = DEFAULT_API_TIMEOUT_SECONDS
+    api_rate_limit: int = DEFAULT_API_RATE_LIMIT
+    status_check_intervals: tuple[int, ...] = DEFAULT_STATUS_CHECK_INTERVALS
+    reconcile_after_seconds: int = DEFAULT_RECONCILE_AFTER_SECONDS
+    reconcile_interval_seconds: int = DEFAULT_RECONCILE_INTERVAL_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,7 +119,58 @@ class Settings:
             ),
             inbox_size=_int(env, "BULKHOOK_INBOX_SIZE", DEFAULT_INBOX_SIZE),
             retry_intervals=_intervals(env, "BULKHOOK_RETRY_INTERVALS", DEFAULT_RETRY_INTERVALS),
+            openconnectors_url=_url(env, "BULKHOOK_OPENCONNECTORS_URL"),
+            element_token=_secret(env, "BULKHOOK_ELEMENT_TOKEN"),
+            user_secret=_secret(env, "BULKHOOK_USER_SECRET"),
+            organization_secret=_secret(env, "BULKHOOK_ORGANIZATION_SECRET"),
+            public_url=_url(env, "BULKHOOK_PUBLIC_URL"),
+            strict_jobs=_bool(env, "BULKHOOK_STRICT_JOBS", False),
+            outbox_dir=Path(_text(env, "BULKHOOK_OUTBOX_DIR") or "var/outbox"),
+            work_dir=Path(_text(env, "BULKHOOK_WORK_DIR") or "var/work"),
+            forward_url=_url(env, "BULKHOOK_FORWARD_URL"),
+            forward_key=_secret(env, "BULKHOOK_FORWARD_KEY"),
+            api_timeout_seconds=_float(
+                env, "BULKHOOK_API_TIMEOUT_SECONDS", DEFAULT_API_TIMEOUT_SECONDS
+            ),
+            api_rate_limit=_int(env, "BULKHOOK_API_RATE_LIMIT", DEFAULT_API_RATE_LIMIT),
+            status_check_intervals=_intervals(
+                env, "BULKHOOK_STATUS_CHECK_INTERVALS", DEFAULT_STATUS_CHECK_INTERVALS
+            ),
+            reconcile_after_seconds=_int(
+                env, "BULKHOOK_RECONCILE_AFTER_SECONDS", DEFAULT_RECONCILE_AFTER_SECONDS
+            ),
+            reconcile_interval_seconds=_int(
+                env, "BULKHOOK_RECONCILE_INTERVAL_SECONDS", DEFAULT_RECONCILE_INTERVAL_SECONDS
+            ),
         )
+
+    @property
+    def api_configured(self) -> bool:
+        """Whether the Open Connectors API can be called (base URL and credentials set)."""
+        return bool(self.openconnectors_url and self.element_token and self.user_secret)
+
+    def require_api(self) -> None:
+        """Say which API setting is missing."""
+        missing = [
+            name
+            for name, value in (
+                ("BULKHOOK_OPENCONNECTORS_URL", self.openconnectors_url),
+                ("BULKHOOK_ELEMENT_TOKEN", self.element_token),
+                ("BULKHOOK_USER_SECRET", self.user_secret),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"the Open Connectors API needs {', '.join(missing)}")
+
+    def require_public_url(self) -> str:
+        """Return the URL Open Connectors reaches this service at, or say how to set it."""
+        if not self.public_url:
+            raise ConfigError(
+                "BULKHOOK_PUBLIC_URL is not set: the externally reachable base URL of this "
+                "service, e.g. https://hooks.example.com, which bulk jobs call back"
+            )
+        return self.public_url
 
     def require_redis(self) -> str:
         """Return REDIS_URL, or say how to get one."""
@@ -132,6 +213,16 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
     if not content:
         raise ConfigError(f"{name}_FILE: {path} is empty")
     return content
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    value = _text(env, name)
+    if value is None:
+        return None
+    value = value.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL, not {value!r}")
+    return value
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -64,6 +64,15 @@ class Delivery:
     webhook_id: str | None = None
     signed: bool = True
 
+    @property
+    def events(self) -> list[Any]:
+        """The events an event notification carries (`message.events` or `response.events`)."""
+        if not isinstance(self.body, dict):
+            return []
+        envelope = self.body.get("message") or self.body.get("response") or {}
+        events = envelope.get("events") if isinstance(envelope, dict) else None
+        return events if isinstance(events, list) else []
+
 
 def record_key(delivery_id: str) -> str:
     """Redis key of a delivery's record."""

@@ -1,42 +1,144 @@
-"""Handlers: user code that runs for each accepted delivery, named by dotted path.
+"""Handlers: user code that runs for each outcome, named by dotted path or short name.
 
-A handler is any callable taking one `Delivery`. What it returns (if not None) is recorded,
-shortened, as the delivery's outcome. It never sees RQ or Flask.
+A handler is any callable taking one argument: a `JobOutcome` for a finished bulk job (when
+the Open Connectors API is configured), else the `Delivery` itself (event notifications, and
+bulk callbacks without API access). Both have `.kind`. What a handler returns (if not None)
+is recorded, shortened, as the outcome. Handlers never see RQ or Flask.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import shutil
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+from .config import Settings
 from .delivery import Delivery
-from .exceptions import ConfigError
+from .exceptions import BulkhookError, ConfigError
+from .outcome import JobOutcome
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Delivery], Any]
+Handler = Callable[[Any], Any]
 
-BUILTINS = {"log": "service.handlers.log_delivery"}
+BUILTINS = {
+    "log": "service.handlers.log_outcome",
+    "archive": "service.handlers.archive",
+    "forward": "service.handlers.forward",
+}
 """Short names for the built-in handlers."""
 
 
-def log_delivery(delivery: Delivery) -> str:
-    """Built-in: log one line about the delivery and record it as the outcome."""
-    if delivery.kind == "bulk":
-        summary = f"bulk job {delivery.job_id} {delivery.status}"
-    else:
-        events = _events(delivery.body)
-        summary = f"event notification with {len(events)} event(s)"
-    log.info("delivery %s: %s", delivery.id, summary)
-    return summary
+class HandlerError(BulkhookError):
+    """A handler raised; the message names it and its error."""
+
+
+def call(name: str, handler: Handler, argument: Any) -> Any:
+    """Run one handler, naming it in any error it raises."""
+    try:
+        return handler(argument)
+    except Exception as exc:
+        raise HandlerError(f"{name}: {exc.__class__.__name__}: {exc}") from exc
 
 
 def load(names: Iterable[str]) -> list[tuple[str, Handler]]:
     """Resolve handler names to callables, or raise ConfigError naming the bad one."""
     return list(_load(tuple(names)))
+
+
+# Built-in handlers
+
+
+def log_outcome(item: JobOutcome | Delivery) -> str:
+    """Log one line about a job outcome or a delivery, and record it as the outcome."""
+    if isinstance(item, JobOutcome):
+        summary = (
+            f"bulk job {item.job_id} {item.status}: {item.records_count} records, "
+            f"{item.errors_count} errors"
+        )
+        log.info("%s", summary)
+    elif item.kind == "bulk":
+        summary = f"bulk job {item.job_id} {item.status}"
+        log.info("delivery %s: %s", item.id, summary)
+    else:
+        summary = f"event notification with {len(item.events)} event(s)"
+        log.info("delivery %s: %s", item.id, summary)
+    return summary
+
+
+def archive(item: JobOutcome | Delivery) -> str:
+    """Write `<BULKHOOK_OUTBOX_DIR>/<job id>/`: status.json, errors.jsonl and the records file.
+
+    Event notifications go to `<BULKHOOK_OUTBOX_DIR>/events/<delivery id>.json`.
+    """
+    outbox = Settings.from_env().outbox_dir
+    if isinstance(item, Delivery):
+        folder = outbox / ("events" if item.kind == "events" else "deliveries")
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{item.id}.json"
+        _write_json(target, item.body)
+        return str(target)
+    folder = outbox / _file_name(item.job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        folder / "status.json",
+        {**item.summary(), "status_document": item.status_document, "callback": item.callback},
+    )
+    shutil.copyfile(item.errors_path, folder / "errors.jsonl")
+    if item.results_path is not None:
+        # A hard link where the work and outbox folders share a disk: no copy of a large file.
+        target = folder / item.results_path.name
+        target.unlink(missing_ok=True)
+        try:
+            target.hardlink_to(item.results_path)
+        except OSError:
+            shutil.copyfile(item.results_path, target)
+    return str(folder)
+
+
+def forward(item: JobOutcome | Delivery) -> str:
+    """POST a JSON summary to BULKHOOK_FORWARD_URL, signed with BULKHOOK_FORWARD_KEY.
+
+    The next system verifies it exactly as bulkhook verifies Open Connectors, for instance
+    with `bulkhook sign --key <forward key>`.
+    """
+    import requests
+
+    from . import signature
+
+    settings = Settings.from_env()
+    if not settings.forward_url or not settings.forward_key:
+        raise ConfigError("the forward handler needs BULKHOOK_FORWARD_URL and BULKHOOK_FORWARD_KEY")
+    if isinstance(item, JobOutcome):
+        summary: dict[str, Any] = {"kind": "bulk", **item.summary(), "errors": _first(item, 100)}
+    else:
+        summary = {
+            "kind": item.kind,
+            "delivery_id": item.id,
+            "job_id": item.job_id,
+            "status": item.status,
+            "events": item.events,
+        }
+    body = json.dumps(summary).encode()
+    response = requests.post(
+        settings.forward_url,
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            signature.HEADER: signature.sign(settings.forward_key, body),
+        },
+        timeout=settings.api_timeout_seconds,
+    )
+    response.raise_for_status()
+    return f"forwarded, HTTP {response.status_code}"
+
+
+# Loading
 
 
 @lru_cache(maxsize=8)
@@ -61,7 +163,20 @@ def _resolve(name: str) -> Handler:
     return handler
 
 
-def _events(body: Any) -> list[Any]:
-    envelope = body.get("message") or body.get("response") or {}
-    events = envelope.get("events") if isinstance(envelope, dict) else None
-    return events if isinstance(events, list) else []
+def _write_json(path: Path, document: Any) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def _first(outcome: JobOutcome, limit: int) -> list[Any]:
+    rows: list[Any] = []
+    for row in outcome.errors():
+        if len(rows) == limit:
+            break
+        rows.append(row)
+    return rows
+
+
+def _file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:100] or "_"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from flask import Blueprint, Response, request
 from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import intake, payloads, runtime, signature
-from .config import RETRY_AFTER_SECONDS
+from . import intake, jobs, payloads, runtime, signature
+from .config import KEY_PREFIX, RETRY_AFTER_SECONDS
 from .errors import answer
 from .exceptions import PayloadError, SignatureError
 
@@ -19,6 +20,9 @@ bp = Blueprint("receiver", __name__)
 
 WEBHOOK_ID_HEADER = "Elements-Webhook-Id"
 """Sent with event callbacks; a secondary de-dup key when the body has no eventId."""
+
+COUNTERS_KEY = f"{KEY_PREFIX}counters"
+"""Hash of counters of notable rejections, by reason."""
 
 _MAX_WEBHOOK_ID_LENGTH = 200
 
@@ -51,6 +55,10 @@ def receive(kind: str) -> Response:
         return answer(400, "malformed", str(exc))
 
     try:
+        unknown = _unknown_job(parts, payload) if settings.strict_jobs else None
+        if unknown is not None:
+            log.warning("rejected bulk callback for job %s: %s", payload.job_id, unknown)
+            return answer(404, "unknown_job", unknown)
         receipt = intake.accept(
             parts.redis,
             parts.queue,
@@ -100,6 +108,23 @@ def readyz() -> Response:
     except RedisError as exc:
         return answer(503, "unavailable", f"redis does not answer ({exc.__class__.__name__})")
     return answer(200, "ready", "redis answers")
+
+
+def _unknown_job(parts: runtime.Runtime, payload: payloads.Payload) -> str | None:
+    """In strict mode, why a bulk callback is not for a job bulkhook started (None if it is)."""
+    if payload.kind != payloads.BULK or payload.job_id is None:
+        return None
+    record = jobs.get(parts.redis, payload.job_id)
+    if record is None or record.get("started_by") != "bulkhook":
+        reason = "bulkhook did not start this job"
+    elif not hmac.compare_digest(
+        record.get("token", "").encode(), request.args.get(jobs.TOKEN_PARAMETER, "").encode()
+    ):
+        reason = "the callback URL's token does not match the job's"
+    else:
+        return None
+    parts.redis.hincrby(COUNTERS_KEY, "rejected_unknown_job", 1)
+    return reason
 
 
 def _webhook_id() -> str | None:

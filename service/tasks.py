@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from redis import Redis
 from rq import get_current_job
 
-from . import delivery, handlers
+from . import delivery, handlers, pipeline
 from .config import Settings
+from .payloads import BULK
 
 log = logging.getLogger(__name__)
 
@@ -15,10 +17,12 @@ _MAX_TEXT = 1000
 
 
 def process_delivery(delivery_id: str) -> str:
-    """Run the configured handlers for one delivery, skipping those that already succeeded.
+    """Take one accepted callback to its handlers.
 
-    A failing handler raises, so RQ retries the task with backoff; handlers that succeeded
-    on an earlier attempt are not run again.
+    A bulk callback, when the Open Connectors API is configured, only hints that its job
+    changed: the job pipeline re-reads it and runs the handlers on the job's outcome.
+    Otherwise (event notifications, or no API) the handlers get the delivery itself, and
+    handlers that succeeded on an earlier attempt are not run again.
     """
     job = get_current_job()
     if job is None:
@@ -38,46 +42,70 @@ def process_delivery(delivery_id: str) -> str:
     attempts = int(fields.get("attempts", "0")) + 1
     delivery.update(conn, delivery_id, state=delivery.PROCESSING, attempts=attempts)
     view = delivery.to_delivery(fields, body)
-    done = [name for name in fields.get("handlers_done", "").split(",") if name]
-    outcomes = [fields["outcome"]] if fields.get("outcome") else []
+    try:
+        if view.kind == BULK and view.job_id and settings.api_configured:
+            outcome = pipeline.run(conn, settings, view.job_id, callback=view)
+        else:
+            outcome = _run_handlers(conn, settings, fields, view)
+    except Exception as exc:
+        final = not job.retries_left
+        delivery.update(
+            conn,
+            delivery_id,
+            state=delivery.FAILED if final else delivery.QUEUED,
+            last_error=_describe(exc)[:_MAX_TEXT],
+        )
+        log.warning(
+            "delivery %s failed (attempt %d%s): %s",
+            delivery_id,
+            attempts,
+            ", giving up" if final else ", will retry",
+            exc.__class__.__name__,
+        )
+        raise
 
+    with conn.pipeline() as pipe:
+        delivery.update(pipe, delivery_id, state=delivery.DONE, outcome=outcome[:_MAX_TEXT])
+        # The body was kept only so the task could run again; the record stays a while.
+        pipe.hdel(delivery.record_key(delivery_id), "body")
+        pipe.expire(delivery.record_key(delivery_id), settings.dedup_ttl_seconds)
+        pipe.execute()
+    log.info("delivery %s processed (attempt %d): %s", delivery_id, attempts, outcome)
+    return "done"
+
+
+def check_job(job_id: str, check: int) -> str:
+    """Re-read a bulk job later: scheduled when it was not finished, or by the reconciler."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("check_job runs inside an RQ worker")
+    return pipeline.run(job.connection, Settings.from_env(), job_id, check=check)
+
+
+def _run_handlers(
+    conn: Redis, settings: Settings, fields: dict[str, str], view: delivery.Delivery
+) -> str:
+    """Run each handler not yet done for this delivery; record each success at once."""
+    done = [name for name in fields.get("handlers_done", "").split(",") if name]
+    outcomes = [fields["handler_outcomes"]] if fields.get("handler_outcomes") else []
     for name, handler in handlers.load(settings.handlers):
         if name in done:
             continue
-        try:
-            result = handler(view)
-        except Exception as exc:
-            final = not job.retries_left
-            delivery.update(
-                conn,
-                delivery_id,
-                state=delivery.FAILED if final else delivery.QUEUED,
-                last_error=f"{name}: {exc.__class__.__name__}: {exc}"[:_MAX_TEXT],
-            )
-            log.warning(
-                "delivery %s: handler %s failed (attempt %d%s)",
-                delivery_id,
-                name,
-                attempts,
-                ", giving up" if final else ", will retry",
-            )
-            raise
+        result = handlers.call(name, handler, view)
         done.append(name)
         if result is not None:
             outcomes.append(f"{name}: {result}")
         # Recorded at once, so a retry after a later handler fails skips this one.
         delivery.update(
             conn,
-            delivery_id,
+            view.id,
             handlers_done=",".join(done),
-            outcome="; ".join(outcomes)[:_MAX_TEXT],
+            handler_outcomes="; ".join(outcomes)[:_MAX_TEXT],
         )
+    return "; ".join(outcomes)
 
-    with conn.pipeline() as pipe:
-        delivery.update(pipe, delivery_id, state=delivery.DONE)
-        # The body was kept only so the task could run again; the record stays a while.
-        pipe.hdel(delivery.record_key(delivery_id), "body")
-        pipe.expire(delivery.record_key(delivery_id), settings.dedup_ttl_seconds)
-        pipe.execute()
-    log.info("delivery %s processed (attempt %d)", delivery_id, attempts)
-    return "done"
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, handlers.HandlerError):
+        return str(exc)  # already names the handler and the error
+    return f"{exc.__class__.__name__}: {exc}"

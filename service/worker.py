@@ -8,17 +8,30 @@ from rq.serializers import JSONSerializer
 from . import handlers
 from .config import QUEUE_NAME, Settings
 from .connection import connect
+from .reconciler import Reconciler
 
 
 def build(settings: Settings, name: str | None = None) -> Worker:
     """Return a worker on bulkhook's queue, after checking the handlers import."""
     handlers.load(settings.handlers)
-    return Worker([QUEUE_NAME], connection=connect(settings), serializer=JSONSerializer, name=name)
+    return Worker(
+        [QUEUE_NAME], connection=connect(settings), serializer=JSONSerializer, name=name
+    )
 
 
 def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
     """Work until stopped (or, with `burst`, until the queue is empty).
 
-    The scheduler runs inside the worker: retries with a delay need it.
+    The scheduler runs inside the worker: retries with a delay and later status checks need
+    it. With the Open Connectors API configured, the reconciler runs beside it.
     """
-    return build(settings, name).work(burst=burst, with_scheduler=True, logging_level="INFO")
+    worker = build(settings, name)
+    reconciler = None
+    if settings.api_configured and not burst:
+        reconciler = Reconciler(settings, worker.name)
+        reconciler.start()
+    try:
+        return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+    finally:
+        if reconciler is not None:
+            reconciler.stop()

@@ -1,0 +1,47 @@
+"""The reconciler: finds jobs whose callback never came, from inside every worker.
+
+Every worker runs this thread; a Redis key that lives one interval lets only one of them
+act per interval, so running many workers on many nodes is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from redis import RedisError
+
+from . import pipeline
+from .config import KEY_PREFIX, Settings
+from .connection import connect
+
+log = logging.getLogger(__name__)
+
+TURN_KEY = f"{KEY_PREFIX}reconciler:turn"
+"""Set for one interval by the worker whose turn it is."""
+
+
+class Reconciler(threading.Thread):
+    """Runs `pipeline.reconcile` every `reconcile_interval_seconds`, once across all workers."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        super().__init__(name="bulkhook-reconciler", daemon=True)
+        self.settings = settings
+        self.worker_name = name
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        conn = connect(self.settings)
+        interval = self.settings.reconcile_interval_seconds
+        while not self.stopped.wait(interval):
+            try:
+                if conn.set(TURN_KEY, self.worker_name, nx=True, ex=interval):
+                    pipeline.reconcile(conn, self.settings)
+            except RedisError as exc:
+                log.warning("reconciler: redis error %s; trying next round", exc.__class__.__name__)
+            except Exception:
+                log.exception("reconciler round failed; trying next round")
+
+    def stop(self) -> None:
+        """Ask the thread to end after its current round."""
+        self.stopped.set()
