@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from . import delivery, logs, runner, signature
+from . import bulk_cli, delivery, logs, runner, signature
 from .config import Settings
 from .connection import connect
 from .exceptions import ConfigError
@@ -158,15 +158,55 @@ def run(host: str, port: int, generate_key: Path | None, gunicorn_config: Path) 
     )
 
 
-def _settings() -> Settings:
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=9200, show_default=True)
+@click.option(
+    "--step-seconds",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Time a job spends in CREATED and in RUNNING.",
+)
+@click.option("--callback-delay", type=float, default=0.0, help="Seconds before a callback.")
+@click.option("--drop-callbacks", type=int, default=0, help="Drop the next N callbacks.")
+@click.option("--duplicate-callbacks", is_flag=True, help="Send every callback twice.")
+@click.option("--out-of-order", is_flag=True, help="Follow each final callback by a stale one.")
+@click.option("--wrong-key", is_flag=True, help="Sign callbacks with a wrong key.")
+@click.option("--fail-status", type=int, default=0, help="Answer 500 to the next N status calls.")
+@click.option("--fail-jobs", is_flag=True, help="Jobs end in ERROR.")
+@click.option(
+    "--synthetic-records",
+    type=int,
+    default=0,
+    help="Download jobs return this many generated records.",
+)
+def simulator(host: str, port: int, **switches: object) -> None:
+    """Serve a simulator of the Open Connectors Bulk API under /elements/api-v2."""
+    from werkzeug.serving import make_server
+
+    from .simulator import BASE_PATH, Switches, create_simulator
+
+    app = create_simulator(switches=Switches(**switches))  # type: ignore[arg-type]
+    server = make_server(host, port, app, threaded=True)
+    click.echo(f"Open Connectors simulator at http://{host}:{port}{BASE_PATH}")
+    click.echo(f"  BULKHOOK_OPENCONNECTORS_URL=http://{host}:{port}{BASE_PATH}")
+    runner.serve_until_signal(server.serve_forever, server.shutdown)
+
+
+def _settings(require_redis: bool = True) -> Settings:
     """Settings from the environment; REDIS_URL falls back to a running `bulkhook run`."""
     env = dict(os.environ)
     url_file = DATA_DIR / runner.REDIS_URL_FILE
     if not env.get("REDIS_URL", "").strip() and url_file.exists():
         env["REDIS_URL"] = url_file.read_text().strip()
     settings = Settings.from_env(env)
-    settings.require_redis()
+    if require_redis:
+        settings.require_redis()
     return settings
+
+
+bulk_cli.register(main, _settings)
 
 
 def _key(option: str | None) -> str:

@@ -185,9 +185,13 @@ class Client:
                 headers[CALLBACK_HEADER] = callback_url
             # A streamed body cannot be replayed: this call is not retried.
             response = self._request(
-                f"upload {object_name}", "POST", f"/bulk/{object_name}",
-                data=monitor, headers=headers, retry=False,
-            )  # fmt: skip
+                f"upload {object_name}",
+                "POST",
+                f"/bulk/{object_name}",
+                data=monitor,
+                headers=headers,
+                retry=False,
+            )
         return dict(response.json())
 
     def query(self, q: str, *, callback_url: str | None) -> dict[str, Any]:
@@ -195,10 +199,14 @@ class Client:
         headers = {CALLBACK_HEADER: callback_url} if callback_url else {}
         return dict(
             self._json(
-                "bulk query", "POST", "/bulk/query", params={"q": q}, headers=headers,
+                "bulk query",
+                "POST",
+                "/bulk/query",
+                params={"q": q},
+                headers=headers,
                 files={"metaData": (None, "{}", "application/json")},
             )
-        )  # fmt: skip
+        )
 
     def download(
         self,
@@ -251,9 +259,12 @@ class Client:
         """GET /bulk/{id}/{object}: stream the results into `dest`; return the bytes written."""
         call = f"results of job {job_id}"
         response = self._request(
-            call, "GET", f"/bulk/{job_id}/{object_name}",
-            headers={"Accept": ACCEPT[file_format]}, stream=True,
-        )  # fmt: skip
+            call,
+            "GET",
+            f"/bulk/{job_id}/{object_name}",
+            headers={"Accept": ACCEPT[file_format]},
+            stream=True,
+        )
         written = 0
         try:
             for chunk in response.iter_content(chunk_size=256 * 1024):
@@ -288,10 +299,12 @@ class Client:
             configuration["event.notification.signature.key"] = signature_key
         return dict(
             self._json(
-                f"configure instance {instance_id}", "PATCH", f"/instances/{instance_id}",
+                f"configure instance {instance_id}",
+                "PATCH",
+                f"/instances/{instance_id}",
                 json={"configuration": configuration},
             )
-        )  # fmt: skip
+        )
 
     # Plumbing
 

@@ -156,3 +156,15 @@ def _stop_children(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop()
+
+
+def serve_until_signal(serve: Callable[[], None], shutdown: Callable[[], None]) -> None:
+    """Run a blocking server until SIGINT or SIGTERM, then shut it down cleanly."""
+    import threading
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=shutdown, daemon=True).start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    serve()

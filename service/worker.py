@@ -14,9 +14,7 @@ from .reconciler import Reconciler
 def build(settings: Settings, name: str | None = None) -> Worker:
     """Return a worker on bulkhook's queue, after checking the handlers import."""
     handlers.load(settings.handlers)
-    return Worker(
-        [QUEUE_NAME], connection=connect(settings), serializer=JSONSerializer, name=name
-    )
+    return Worker([QUEUE_NAME], connection=connect(settings), serializer=JSONSerializer, name=name)
 
 
 def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
