@@ -83,7 +83,8 @@ def _reject_constant(name: str) -> None:
 
 def _bulk(document: dict[str, Any]) -> Payload:
     job_id = _identifier(document.get("id"), "id")
-    raw_status = document.get("status")
+    # Bulk v3 status documents name it jobStatus; accept a callback shaped like one.
+    raw_status = document.get("status", document.get("jobStatus"))
     if raw_status is None:
         raise PayloadError("bulk callback has no 'status'")
     if not isinstance(raw_status, str) or not raw_status.strip():

@@ -53,3 +53,34 @@ def read(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def record_outcome(outcome) -> str:
+    """Append a job outcome (bulk, API configured) or a delivery (events) to the output."""
+    from service.outcome import JobOutcome
+
+    if not isinstance(outcome, JobOutcome):
+        _append("record", outcome)
+        return "recorded"
+    line = {
+        "handler": "record_outcome",
+        **outcome.summary(),
+        "errors": list(outcome.errors()),
+        "results_path": str(outcome.results_path) if outcome.results_path else None,
+        "callback": outcome.callback,
+    }
+    with open(os.environ["BULKHOOK_TEST_OUTPUT"], "a") as out:
+        out.write(json.dumps(line) + "\n")
+    return "recorded"
+
+
+def flaky_outcome(outcome) -> str:
+    """Fail the first time for each job or delivery, succeed after."""
+    name = getattr(outcome, "job_id", None) or outcome.id
+    marker = Path(os.environ["BULKHOOK_TEST_OUTPUT"] + f".{name}.flaky")
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError("flaky handler fails once")
+    with open(os.environ["BULKHOOK_TEST_OUTPUT"], "a") as out:
+        out.write(json.dumps({"handler": "flaky_outcome", "job_id": name}) + "\n")
+    return "flaky ok"

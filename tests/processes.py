@@ -80,3 +80,137 @@ def stop(process: subprocess.Popen, sig: int = 15, timeout: float = 30.0) -> int
         process.kill()
         process.wait()
         raise
+
+
+class Stack:
+    """Redis, the Procfile's web and worker processes, and where to reach them."""
+
+    def __init__(self, tmp: Path, key: str, **settings: str) -> None:
+        from redis import Redis
+
+        from service.embedded_redis import EmbeddedRedis, free_port
+
+        self.tmp = tmp
+        self.redis = EmbeddedRedis(tmp / "redis").start()
+        self.port = int(settings.pop("PORT", None) or free_port())
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.key = key
+        self.output = tmp / "handled.jsonl"
+        self.env = environment(
+            PORT=str(self.port),
+            REDIS_URL=self.redis.url,
+            BULKHOOK_SIGNATURE_KEY=key,
+            BULKHOOK_TEST_OUTPUT=str(self.output),
+            BULKHOOK_WORK_DIR=str(tmp / "work"),
+            BULKHOOK_OUTBOX_DIR=str(tmp / "outbox"),
+            **settings,
+        )
+        self.log_files: list = []
+        self.web = self._start("web")
+        self.worker = self._start("worker")
+        wait_until_serving(f"{self.base}/readyz", self.web)
+        self.conn = Redis.from_url(self.redis.url)
+
+    def _start(self, name: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in close()
+        self.log_files.append(log)
+        return subprocess.Popen(
+            procfile_command(name), cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def post(self, body: bytes, kind: str = "bulk", key: str | None = None) -> requests.Response:
+        from service.signature import sign
+
+        headers = {"Elements-Webhook-Signature": sign(key or self.key, body)}
+        return requests.post(
+            f"{self.base}/callbacks/{kind}", data=body, headers=headers, timeout=30
+        )
+
+    def bulkhook(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run a bulkhook command with this stack's environment."""
+        return subprocess.run(
+            ["bulkhook", *args],
+            cwd=self.tmp,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def wait_delivery_done(self, delivery_id: str) -> dict[bytes, bytes]:
+        from service.delivery import record_key
+
+        def done() -> dict[bytes, bytes] | None:
+            record = self.conn.hgetall(record_key(delivery_id))
+            return record if record.get(b"state") == b"done" else None
+
+        return wait_for(done, what=f"delivery {delivery_id} to be processed")
+
+    def wait_job_done(self, job_id: str, timeout: float = 30.0) -> dict[str, str]:
+        from service import jobs
+
+        def done() -> dict[str, str] | None:
+            record = jobs.get(self.conn, job_id)
+            return record if record and record.get("state") == jobs.DONE else None
+
+        return wait_for(done, timeout, what=f"job {job_id} to be processed")
+
+    def close(self) -> None:
+        for process in (self.web, self.worker):
+            stop(process)
+        self.redis.stop()
+        self.conn.close()
+        for log in self.log_files:
+            log.close()
+
+
+class SimulatorProcess:
+    """`bulkhook simulator` as a real HTTP server, with its switches reachable."""
+
+    TOKEN = "sim-element-token"
+    SECRET = "sim-user-secret"
+
+    def __init__(self, tmp: Path, key: str) -> None:
+        from service.embedded_redis import free_port
+
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.root}/elements/api-v2"
+        self.key = key
+        self.log = open(tmp / "simulator.log", "wb")  # noqa: SIM115 - closed in close()
+        self.process = subprocess.Popen(
+            ["bulkhook", "simulator", "--port", str(self.port), "--step-seconds", "0.3"],
+            env=environment(**self.settings()),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until_serving(f"{self.root}/_simulator/switches", self.process)
+        self.defaults = requests.get(f"{self.root}/_simulator/switches", timeout=5).json()
+
+    def settings(self) -> dict[str, str]:
+        """The settings that point a bulkhook client at this simulator."""
+        return {
+            "BULKHOOK_OPENCONNECTORS_URL": self.url,
+            "BULKHOOK_ELEMENT_TOKEN": self.TOKEN,
+            "BULKHOOK_USER_SECRET": self.SECRET,
+            "BULKHOOK_SIGNATURE_KEY": self.key,
+        }
+
+    def switch(self, **changes: object) -> None:
+        """Set switches for the next jobs (the rest back to their defaults)."""
+        response = requests.post(
+            f"{self.root}/_simulator/switches", json={**self.defaults, **changes}, timeout=5
+        )
+        response.raise_for_status()
+
+    def callbacks(self, job_id: str | None = None) -> list[dict]:
+        entries = requests.get(f"{self.root}/_simulator/callbacks", timeout=5).json()
+        return [e for e in entries if job_id is None or e["job_id"] == job_id]
+
+    def requests_seen(self) -> dict[str, int]:
+        return requests.get(f"{self.root}/_simulator/requests", timeout=5).json()
+
+    def close(self) -> None:
+        stop(self.process)
+        self.log.close()

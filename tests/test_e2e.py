@@ -9,78 +9,26 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-import requests
-from redis import Redis
 
-from service.delivery import record_key
-from service.embedded_redis import EmbeddedRedis, free_port
 from service.signature import sign
 
 from .conftest import KEY
 from .handlers import read
-from .processes import REPO, environment, procfile_command, stop, wait_for, wait_until_serving
+from .processes import Stack
 
 pytestmark = pytest.mark.slow
 
 
-class Stack:
-    """Redis, the Procfile's web and worker processes, and where to reach them."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.redis = EmbeddedRedis(tmp / "redis").start()
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.output = tmp / "handled.jsonl"
-        self.env = environment(
-            PORT=str(self.port),
-            REDIS_URL=self.redis.url,
-            BULKHOOK_SIGNATURE_KEY=KEY,
-            BULKHOOK_HANDLERS="tests.handlers.record",
-            BULKHOOK_TEST_OUTPUT=str(self.output),
-            BULKHOOK_MAX_BODY_BYTES=str(1024 * 1024),
-        )
-        self.logs = tmp
-        self.log_files: list = []
-        self.web = self._start("web")
-        self.worker = self._start("worker")
-        wait_until_serving(f"{self.base}/readyz", self.web)
-        self.conn = Redis.from_url(self.redis.url)
-
-    def _start(self, name: str) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed in close()
-        self.log_files.append(log)
-        return subprocess.Popen(
-            procfile_command(name), cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-
-    def post(self, body: bytes, kind: str = "bulk", key: str = KEY) -> requests.Response:
-        headers = {"Elements-Webhook-Signature": sign(key, body)}
-        return requests.post(
-            f"{self.base}/callbacks/{kind}", data=body, headers=headers, timeout=30
-        )
-
-    def wait_done(self, delivery_id: str) -> dict[bytes, bytes]:
-        def done() -> dict[bytes, bytes] | None:
-            record = self.conn.hgetall(record_key(delivery_id))
-            return record if record.get(b"state") == b"done" else None
-
-        return wait_for(done, what=f"delivery {delivery_id} to be processed")
-
-    def close(self) -> None:
-        for process in (self.web, self.worker):
-            stop(process)
-        self.redis.stop()
-        self.conn.close()
-        for log in self.log_files:
-            log.close()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("stack"))
+    running = Stack(
+        tmp_path_factory.mktemp("stack"),
+        KEY,
+        BULKHOOK_HANDLERS="tests.handlers.record",
+        BULKHOOK_MAX_BODY_BYTES=str(1024 * 1024),
+    )
     yield running
     running.close()
 
@@ -96,7 +44,7 @@ def test_signed_callback_is_accepted_and_processed_by_the_worker(stack: Stack) -
 
     assert response.status_code == 202
     delivery_id = response.json()["delivery_id"]
-    record = stack.wait_done(delivery_id)
+    record = stack.wait_delivery_done(delivery_id)
     assert record[b"outcome"] == b"tests.handlers.record: recorded"
     assert [line["id"] for line in read(stack.output) if line["id"] == delivery_id] == [delivery_id]
 
@@ -110,7 +58,7 @@ def test_concurrent_duplicates_queue_exactly_one_task(stack: Stack) -> None:
     assert codes == [200] * 47 + [202]
     assert len({a.json()["delivery_id"] for a in answers}) == 1
     delivery_id = answers[0].json()["delivery_id"]
-    stack.wait_done(delivery_id)
+    stack.wait_delivery_done(delivery_id)
     assert [line["id"] for line in read(stack.output)].count(delivery_id) == 1
 
 

@@ -9,6 +9,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -154,6 +155,7 @@ class World:
         self.jobs: dict[str, Job] = {}
         self.records: dict[str, list[dict[str, Any]]] = {name: [] for name in DEFAULT_OBJECTS}
         self.instances: dict[str, dict[str, Any]] = {str(instance_id): {}}
+        self.requests: Counter[str] = Counter()
         self._ids = itertools.count(42114492)
 
     def new_job(self, **kwargs: Any) -> Job:

@@ -39,6 +39,13 @@ def _error(code: int, message: str) -> Response:
 
 
 @bp.before_request
+def _count() -> None:
+    world = _sim().world
+    with world.lock:
+        world.requests[request.endpoint or "unknown"] += 1
+
+
+@bp.before_request
 def _check_auth() -> Response | None:
     if not request.path.startswith(BASE_PATH):
         return None
@@ -250,6 +257,13 @@ def switches() -> Response:
         except (ValueError, TypeError) as exc:
             return _error(400, str(exc))
     return jsonify(world.switches.as_dict())
+
+
+@bp.get("/_simulator/requests")
+def requests_seen() -> Response:
+    world = _sim().world
+    with world.lock:
+        return jsonify(dict(world.requests))
 
 
 @bp.get("/_simulator/callbacks")
