@@ -24,7 +24,9 @@ CONTACTS = REPO / "examples" / "contacts.tsv"
 
 @pytest.fixture(scope="module")
 def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
-    running = SimulatorProcess(tmp_path_factory.mktemp("simulator"), KEY)
+    # Not the stack's key: callbacks verify only once `bulkhook instance configure` gave the
+    # instance bulkhook's key, which every test below then relies on.
+    running = SimulatorProcess(tmp_path_factory.mktemp("simulator"), "simulator-default-key")
     yield running
     running.close()
 
@@ -47,6 +49,9 @@ def stack(simulator: SimulatorProcess, tmp_path_factory) -> Iterator[Stack]:
         BULKHOOK_RECONCILE_INTERVAL_SECONDS="1",
         **{k: v for k, v in simulator.settings().items() if k != "BULKHOOK_SIGNATURE_KEY"},
     )
+    configured = running.bulkhook("instance", "configure", "1")
+    assert configured.returncode == 0, configured.stderr
+    running.configure_output = configured.stdout
     yield running
     running.close()
 
@@ -206,3 +211,28 @@ def test_jobs_command_lists_started_jobs_with_their_state(stack) -> None:
     assert (mine["object"], mine["direction"], mine["state"]) == ("contacts", "UPLOAD", "done")
     assert "token" not in mine
     assert mine["callback_url"].startswith(f"{stack.base}/callbacks/bulk?token=")
+
+
+def test_instance_configure_points_notifications_at_bulkhook_with_its_key(stack) -> None:
+    assert stack.configure_output == (
+        f"instance 1: notifications go to {stack.base}/callbacks/events, "
+        "signed with BULKHOOK_SIGNATURE_KEY\n"
+    )
+    assert KEY not in stack.configure_output
+
+
+def test_wrongly_signed_callbacks_are_refused_retried_and_the_job_still_reconciled(
+    stack, simulator
+) -> None:
+    simulator.switch(wrong_key=True, retry_scale=0.002, max_retries=3)
+    job_id = start_upload(stack)
+
+    stack.wait_job_done(job_id)
+    attempts = wait_for(
+        lambda: (found := simulator.callbacks(job_id)) if len(found) == 4 else None,
+        what="the simulator's retries",
+    )
+
+    assert [(a["attempt"], a["answer"]) for a in attempts] == [(n, 401) for n in range(4)]
+    gaps = [later["at"] - earlier["at"] for earlier, later in zip(attempts, attempts[1:])]
+    assert gaps == sorted(gaps)  # the vendor's growing 2^(3x) schedule, scaled down
