@@ -228,10 +228,12 @@ def test_wrongly_signed_callbacks_are_refused_retried_and_the_job_still_reconcil
     job_id = start_upload(stack)
 
     stack.wait_job_done(job_id)
-    attempts = wait_for(
-        lambda: (found := simulator.callbacks(job_id)) if len(found) == 4 else None,
-        what="the simulator's retries",
-    )
+
+    def all_attempts() -> list[dict] | None:
+        found = simulator.callbacks(job_id)
+        return found if len(found) == 4 else None
+
+    attempts = wait_for(all_attempts, what="the simulator's retries")
 
     assert [(a["attempt"], a["answer"]) for a in attempts] == [(n, 401) for n in range(4)]
     gaps = [later["at"] - earlier["at"] for earlier, later in zip(attempts, attempts[1:])]
