@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint clean
+.PHONY: install run demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/bulkhook run --generate-key var/signature.key
+
+demo: install
+	$(BIN)/bulkhook demo $(DEMO_ARGS)
 
 test: install lint
 	$(BIN)/pytest

@@ -194,6 +194,27 @@ def simulator(host: str, port: int, **switches: object) -> None:
     runner.serve_until_signal(server.serve_forever, server.shutdown)
 
 
+@main.command()
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="var/demo",
+    show_default=True,
+    help="Emptied, then holds logs and outcome.",
+)
+@click.option(
+    "--contacts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="examples/contacts.tsv",
+    show_default=True,
+)
+def demo(workdir: Path, contacts: Path) -> None:
+    """Watch the whole loop offline: simulator, upload, callback, pipeline, archive."""
+    from . import demo as demo_module
+
+    sys.exit(demo_module.run(workdir, contacts, click.echo))
+
+
 def _settings(require_redis: bool = True) -> Settings:
     """Settings from the environment; REDIS_URL falls back to a running `bulkhook run`."""
     env = dict(os.environ)
