@@ -21,6 +21,7 @@ def _append(name: str, delivery: Delivery) -> None:
         "signed": delivery.signed,
         "received_at": delivery.received_at.isoformat(),
         "body": delivery.body,
+        "events": delivery.events,
     }
     # One write per line with O_APPEND: lines from concurrent workers do not interleave.
     with open(os.environ["BULKHOOK_TEST_OUTPUT"], "a") as out:

@@ -6,6 +6,7 @@ Procfile runs them, the bulk CLI, one redis-server.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 
@@ -236,5 +237,64 @@ def test_wrongly_signed_callbacks_are_refused_retried_and_the_job_still_reconcil
     attempts = wait_for(all_attempts, what="the simulator's retries")
 
     assert [(a["attempt"], a["answer"]) for a in attempts] == [(n, 401) for n in range(4)]
-    gaps = [later["at"] - earlier["at"] for earlier, later in zip(attempts, attempts[1:])]
+    gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(attempts)]
     assert gaps == sorted(gaps)  # the vendor's growing 2^(3x) schedule, scaled down
+
+
+def test_early_callback_for_a_running_job_is_checked_again_until_it_finishes(
+    stack, simulator
+) -> None:
+    simulator.switch(step_seconds=1.5, drop_callbacks=1)
+    job_id = start_upload(stack)
+    early = json.dumps({"id": job_id, "status": "RUNNING"}).encode()
+
+    delivery_id = stack.post(early).json()["delivery_id"]
+
+    record = stack.wait_delivery_done(delivery_id)
+    assert record[b"outcome"].decode().startswith(f"job {job_id} is ")
+    assert record[b"outcome"].decode().endswith("checking again later")
+    job = stack.wait_job_done(job_id)
+    assert job["status"] == "COMPLETED"
+    assert int(job["checks"]) >= 2
+    assert len(lines_for(stack, job_id)) == 1
+
+
+def test_event_notifications_run_the_handlers_once_with_their_events(stack) -> None:
+    body = json.dumps(
+        {"message": {"eventId": "pipeline-ev-1", "events": [
+            {"objectType": "Contact", "objectId": "1", "eventType": "CREATED"},
+            {"objectType": "Contact", "objectId": "2", "eventType": "DELETED"},
+        ]}}
+    ).encode()  # fmt: skip
+    delivery_id = stack.post(body, kind="events").json()["delivery_id"]
+    assert stack.post(body, kind="events").status_code == 200
+
+    stack.wait_delivery_done(delivery_id)
+
+    lines = [line for line in read(stack.output) if line.get("id") == delivery_id]
+    assert len(lines) == 1
+    assert [e["eventType"] for e in lines[0]["events"]] == ["CREATED", "DELETED"]
+    archived = stack.tmp / "outbox" / "events" / f"{delivery_id}.json"
+    assert json.loads(archived.read_text())["message"]["eventId"] == "pipeline-ev-1"
+
+
+def test_bulk_commands_read_the_api(stack) -> None:
+    job_id = start_upload(stack)
+    stack.wait_job_done(job_id)
+
+    assert stack.bulkhook("objects").stdout.split() == ["accounts", "contacts"]
+    status = json.loads(stack.bulkhook("bulk", "status", job_id).stdout)
+    assert (status["status"], status["recordsCount"], status["recordsFailedCount"]) == (
+        "COMPLETED", 10, 1,
+    )  # fmt: skip
+    [error] = [
+        json.loads(line)
+        for line in stack.bulkhook("bulk", "errors", job_id).stdout.split("\n")
+        if line
+    ]
+    assert error["record"]["C_FirstName"] == "Ann"
+    listed = [json.loads(line) for line in stack.bulkhook("bulk", "jobs").stdout.splitlines()]
+    assert job_id in {item["id"] for item in listed}
+    missing = stack.bulkhook("bulk", "status", "999")
+    assert missing.returncode == 1
+    assert "status of job 999 failed (HTTP 404)" in missing.stderr
