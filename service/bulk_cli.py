@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from .openconnectors import ApiError, Client
 from .upload import UploadFileError
 
 
-def register(main: click.Group, settings_loader: Any) -> None:
+def register(main: click.Group, settings_loader: Any, print_records: Callable[..., bool]) -> None:
     """Add the Open Connectors commands to the `bulkhook` group."""
 
     def api() -> tuple[Settings, Client]:
@@ -220,16 +221,11 @@ def register(main: click.Group, settings_loader: Any) -> None:
         """List the jobs bulkhook started or heard of, newest first, with their state."""
         settings: Settings = settings_loader(require_redis=True)
         records = jobs.recent(connect(settings), limit)
-        if as_json:
-            for record in records:
-                click.echo(json.dumps(record, sort_keys=True))
-            return
-        if not records:
-            click.echo("no jobs yet")
-            return
-        click.echo(
+        header = (
             f"{'JOB':<12} {'OBJECT':<14} {'DIRECTION':<9} {'STATUS':<22} {'STATE':<6} STARTED BY"
         )
+        if not print_records(records, as_json, header, "no jobs yet"):
+            return
         for r in records:
             click.echo(
                 f"{r.get('id', ''):<12} {r.get('object', ''):<14} "

@@ -103,17 +103,12 @@ def worker(burst: bool, name: str | None) -> None:
 def inbox(as_json: bool, limit: int) -> None:
     """List the most recent deliveries, newest first."""
     records = delivery.recent(connect(_settings()), limit)
-    if as_json:
-        for record in records:
-            click.echo(json.dumps(record, sort_keys=True))
-        return
-    if not records:
-        click.echo("no deliveries yet")
-        return
-    click.echo(
+    header = (
         f"{'RECEIVED (UTC)':<26} {'DELIVERY':<32} {'KIND':<6} {'JOB/EVENT':<20} "
         f"{'STATUS':<12} {'STATE':<10} OUTCOME"
     )
+    if not print_records(records, as_json, header, "no deliveries yet"):
+        return
     for r in records:
         subject = r.get("job_id") or r.get("event_id") or "-"
         note = r.get("last_error") if r.get("state") == delivery.FAILED else r.get("outcome")
@@ -215,6 +210,16 @@ def demo(workdir: Path, contacts: Path) -> None:
     sys.exit(demo_module.run(workdir, contacts, click.echo))
 
 
+def print_records(records: list[dict[str, str]], as_json: bool, header: str, empty: str) -> bool:
+    """Print records as JSON lines, or the table's header; True when rows are still to print."""
+    if as_json:
+        for record in records:
+            click.echo(json.dumps(record, sort_keys=True))
+        return False
+    click.echo(header if records else empty)
+    return bool(records)
+
+
 def _settings(require_redis: bool = True) -> Settings:
     """Settings from the environment; REDIS_URL falls back to a running `bulkhook run`."""
     env = dict(os.environ)
@@ -227,7 +232,7 @@ def _settings(require_redis: bool = True) -> Settings:
     return settings
 
 
-bulk_cli.register(main, _settings)
+bulk_cli.register(main, _settings, print_records)
 
 
 def _key(option: str | None) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .exceptions import BulkhookError
+from .recordfile import RecordWriter
 
 SNIFF_BYTES = 64 * 1024
 """How much of a delimited file is read to guess its delimiter."""
@@ -53,15 +54,9 @@ def prepared(path: Path, file_format: str) -> Iterator[tuple[Path, int]]:
         target = Path(folder) / f"{path.stem}.{file_format}"
         count = 0
         with open(target, "w", encoding="utf-8", newline="") as out:
-            writer: csv.DictWriter[str] | None = None
+            writer = RecordWriter(out, file_format)
             for record in records(path):
-                if file_format == "json":
-                    out.write(json.dumps(record) + "\n")
-                else:
-                    if writer is None:
-                        writer = csv.DictWriter(out, fieldnames=list(record))
-                        writer.writeheader()
-                    writer.writerow(record)
+                writer.write(record)
                 count += 1
         yield target, count
 

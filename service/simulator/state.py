@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..recordfile import RecordWriter
+
 TERMINAL = frozenset({"COMPLETED", "ERROR", "ABORTED", "CANCELLED"})
 DEFAULT_OBJECTS = ("accounts", "contacts")
 FORMATS = ("csv", "json", "jsonl")
@@ -259,15 +261,9 @@ def render(records: Iterator[dict[str, Any]], file_format: str) -> Iterator[byte
     Yielded in blocks of about 64 KiB: one write per record would cost a system call each.
     """
     buffer = io.StringIO()
-    writer: csv.DictWriter[str] | None = None
+    writer = RecordWriter(buffer, file_format)
     for record in records:
-        if file_format != "csv":
-            buffer.write(json.dumps(record) + "\n")
-        else:
-            if writer is None:
-                writer = csv.DictWriter(buffer, fieldnames=list(record))
-                writer.writeheader()
-            writer.writerow(record)
+        writer.write(record)
         if buffer.tell() > 65536:
             yield buffer.getvalue().encode()
             buffer.seek(0)
