@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -34,12 +35,23 @@ def find_binary() -> str:
     return executable
 
 
+PORT_RANGE = (20000, 32000)
+"""Where free ports are looked for: below Linux's ephemeral range (32768-60999), so that an
+outgoing connection cannot take a port between the moment it is chosen and the moment a
+server binds it."""
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    for _ in range(200):
+        port = random.randrange(*PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RedisStartError(f"no free port in {PORT_RANGE[0]}-{PORT_RANGE[1]}")
 
 
 class EmbeddedRedis:
