@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from . import bulk_cli, delivery, logs, runner, signature
+from . import bulk_cli, deadletter, delivery, logs, runner, signature
 from .config import Settings
 from .connection import connect
 from .exceptions import ConfigError
@@ -208,6 +208,62 @@ def demo(workdir: Path, contacts: Path) -> None:
     from . import demo as demo_module
 
     sys.exit(demo_module.run(workdir, contacts, click.echo))
+
+
+@main.group()
+def failed() -> None:
+    """The dead-letter area: tasks whose retries are used up (RQ's failed registry)."""
+
+
+@failed.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per task.")
+def failed_list(as_json: bool) -> None:
+    """List dead-lettered tasks, oldest failure first."""
+    found = deadletter.entries(connect(_settings()))
+    header = f"{'TASK ID':<34} {'FAILED AT (UTC)':<26} ERROR"
+    if not print_records(found, as_json, header, "no failed tasks"):
+        return
+    for entry in found:
+        click.echo(f"{entry['id']:<34} {(entry['failed_at'] or '')[:26]:<26} {entry['error']}")
+
+
+@failed.command("show")
+@click.argument("task_id")
+def failed_show(task_id: str) -> None:
+    """Show one dead-lettered task: its traceback and its delivery's record."""
+    found = deadletter.show(connect(_settings()), task_id)
+    if found is None:
+        raise click.ClickException(f"no failed task {task_id}")
+    traceback = found.pop("traceback") or ""
+    click.echo(json.dumps(found, indent=2, sort_keys=True))
+    click.echo(traceback.rstrip())
+
+
+@failed.command("requeue")
+@click.argument("task_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="Requeue every failed task.")
+def failed_requeue(task_id: str | None, everything: bool) -> None:
+    """Put a dead-lettered task (or --all of them) back on the queue."""
+    conn = connect(_settings())
+    if everything == bool(task_id):
+        raise click.UsageError("give a TASK_ID or --all")
+    if everything:
+        click.echo(f"requeued {deadletter.requeue_all(conn)} task(s)")
+    elif deadletter.requeue(conn, str(task_id)):
+        click.echo(f"requeued {task_id}")
+    else:
+        raise click.ClickException(f"no failed task {task_id}")
+
+
+@failed.command("purge")
+@click.option("--older-than", required=True, help="Age such as 30m, 12h, 7d.")
+def failed_purge(older_than: str) -> None:
+    """Delete dead-lettered tasks, and their deliveries, that failed longer ago than this."""
+    try:
+        age = deadletter.parse_age(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    click.echo(f"purged {deadletter.purge(connect(_settings()), age)} task(s)")
 
 
 def print_records(records: list[dict[str, str]], as_json: bool, header: str, empty: str) -> bool:

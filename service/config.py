@@ -45,7 +45,18 @@ DEFAULT_RECONCILE_AFTER_SECONDS = 900
 """A job bulkhook started that is still open this long after its last check gets re-read."""
 
 DEFAULT_RECONCILE_INTERVAL_SECONDS = 60
-"""How often one worker (any one) runs the reconciler."""
+"""How often one worker (any one) runs the sweeper and the reconciler."""
+
+DEFAULT_SWEEP_AFTER_SECONDS = 600
+"""A delivery not done this long after it came in, whose task RQ no longer holds anywhere
+and has not touched for as long, is queued again by the sweeper."""
+
+DEFAULT_WORKER_MONITOR_SECONDS = 30
+"""How often a worker heartbeats its running task; a task whose worker died is seen as
+abandoned this many seconds plus RQ's fixed 60 after the last heartbeat, and retried."""
+
+DEFAULT_WORKER_MAINTENANCE_SECONDS = 60
+"""How often a worker sweeps RQ's registries for abandoned tasks (RQ's own default: 600)."""
 
 QUEUE_NAME = "bulkhook"
 """The RQ queue follow-up tasks go to."""
@@ -93,6 +104,9 @@ class Settings:
     status_check_intervals: tuple[int, ...] = DEFAULT_STATUS_CHECK_INTERVALS
     reconcile_after_seconds: int = DEFAULT_RECONCILE_AFTER_SECONDS
     reconcile_interval_seconds: int = DEFAULT_RECONCILE_INTERVAL_SECONDS
+    sweep_after_seconds: int = DEFAULT_SWEEP_AFTER_SECONDS
+    worker_monitor_seconds: int = DEFAULT_WORKER_MONITOR_SECONDS
+    worker_maintenance_seconds: int = DEFAULT_WORKER_MAINTENANCE_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -141,6 +155,15 @@ class Settings:
             ),
             reconcile_interval_seconds=_int(
                 env, "BULKHOOK_RECONCILE_INTERVAL_SECONDS", DEFAULT_RECONCILE_INTERVAL_SECONDS
+            ),
+            sweep_after_seconds=_int(
+                env, "BULKHOOK_SWEEP_AFTER_SECONDS", DEFAULT_SWEEP_AFTER_SECONDS
+            ),
+            worker_monitor_seconds=_int(
+                env, "BULKHOOK_WORKER_MONITOR_SECONDS", DEFAULT_WORKER_MONITOR_SECONDS
+            ),
+            worker_maintenance_seconds=_int(
+                env, "BULKHOOK_WORKER_MAINTENANCE_SECONDS", DEFAULT_WORKER_MAINTENANCE_SECONDS
             ),
         )
 

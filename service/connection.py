@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
-from rq import Queue
+from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 from .config import QUEUE_NAME, Settings
@@ -29,3 +31,17 @@ def connect(settings: Settings) -> Redis:
 def task_queue(conn: Redis) -> Queue:
     """Return the queue follow-up tasks go to; arguments are JSON, never pickles."""
     return Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
+
+
+JITTER = 0.2
+"""Each retry interval is drawn from +-20% of its setting, so failures that happened together
+(an API outage) are not all retried in the same second."""
+
+
+def task_retry(settings: Settings) -> Retry | None:
+    """The retry policy of one follow-up task: BULKHOOK_RETRY_INTERVALS, jittered."""
+    intervals = [
+        round(seconds * random.uniform(1 - JITTER, 1 + JITTER))
+        for seconds in settings.retry_intervals
+    ]
+    return Retry(max=len(intervals), interval=intervals) if intervals else None

@@ -32,6 +32,9 @@ FAILED = "failed"
 INBOX_KEY = f"{KEY_PREFIX}inbox"
 """Sorted set of recent delivery ids, scored by time received."""
 
+PENDING_KEY = f"{KEY_PREFIX}pending"
+"""Sorted set of deliveries accepted and not yet done, scored by the time they came in."""
+
 _TEXT_FIELDS = (
     "id",
     "kind",
@@ -63,6 +66,15 @@ class Delivery:
     event_id: str | None = None
     webhook_id: str | None = None
     signed: bool = True
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries of this delivery: for handlers to make their effects once.
+
+        Handlers run at least once: a worker killed after a handler's effect but before
+        bulkhook recorded its success runs it again, with the same key.
+        """
+        return f"bulkhook-delivery-{self.id}"
 
     @property
     def events(self) -> list[Any]:

@@ -63,11 +63,13 @@ class EmbeddedRedis:
         port: int | None = None,
         *,
         appendonly: bool = True,
+        config: Path | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.config = config
         self.extra_args = extra_args
         self.binary = find_binary()
         self.process: subprocess.Popen[bytes] | None = None
@@ -80,14 +82,17 @@ class EmbeddedRedis:
     def start(self) -> EmbeddedRedis:
         """Start redis-server and wait until it answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            self.binary,
+        args = [self.binary]
+        if self.config is not None:
+            # The file decides persistence; only where and how to listen is set here.
+            args.append(str(Path(self.config).resolve()))
+        else:
+            args += ["--save", "", "--appendonly", "yes" if self.appendonly else "no"]
+        args += [
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),
             "--logfile", "redis.log",
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no",
             *self.extra_args,
         ]  # fmt: skip

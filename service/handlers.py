@@ -131,6 +131,8 @@ def forward(item: JobOutcome | Delivery) -> str:
         headers={
             "Content-Type": "application/json",
             signature.HEADER: signature.sign(settings.forward_key, body),
+            # The same on every retry, so the next system can drop repeats.
+            "Idempotency-Key": item.idempotency_key,
         },
         timeout=settings.api_timeout_seconds,
     )

@@ -6,15 +6,17 @@ finds the seen-key already set, or makes this transaction fail and retry into fi
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import cast
 
 from redis import Redis, WatchError
-from rq import Queue, Retry
+from rq import Queue
 
 from . import delivery
 from .config import TASK_TIMEOUT_SECONDS, Settings
+from .connection import task_retry
 from .payloads import Payload
 
 TASK = "service.tasks.process_delivery"
@@ -58,11 +60,7 @@ def accept(
         "signed": signed,
         "attempts": 0,
     }
-    retry = (
-        Retry(max=len(settings.retry_intervals), interval=list(settings.retry_intervals))
-        if settings.retry_intervals
-        else None
-    )
+    retry = task_retry(settings)
     with conn.pipeline() as pipe:
         while True:
             try:
@@ -73,6 +71,7 @@ def accept(
                 pipe.multi()
                 pipe.set(seen, delivery_id, ex=settings.dedup_ttl_seconds)
                 delivery.save(pipe, record, body, settings.inbox_size)
+                pipe.zadd(delivery.PENDING_KEY, {delivery_id: time.time()})
                 queue.enqueue_call(
                     TASK,
                     args=(delivery_id,),

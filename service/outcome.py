@@ -31,6 +31,11 @@ class JobOutcome:
     status_document: dict[str, Any] = field(repr=False)
     kind: str = "bulk"
 
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries of this job's pipeline: for handlers to make effects once."""
+        return f"bulkhook-job-{self.job_id}-{self.status}"
+
     def errors(self) -> Iterator[Any]:
         """The failed rows, read one at a time."""
         with open(self.errors_path, encoding="utf-8") as lines:

@@ -18,11 +18,11 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import LockError
-from rq import Queue, Retry
+from rq import Queue
 
 from . import handlers, jobs
 from .config import KEY_PREFIX, TASK_TIMEOUT_SECONDS, Settings
-from .connection import task_queue
+from .connection import task_queue, task_retry
 from .delivery import Delivery
 from .openconnectors import Client, JobStatus
 from .outcome import JobOutcome
@@ -73,12 +73,6 @@ def schedule_check(conn: Redis, settings: Settings, job_id: str, check: int) -> 
         job_timeout=TASK_TIMEOUT_SECONDS,
     )
     return True
-
-
-def task_retry(settings: Settings) -> Retry | None:
-    """RQ retry policy for follow-up tasks, from BULKHOOK_RETRY_INTERVALS."""
-    intervals = settings.retry_intervals
-    return Retry(max=len(intervals), interval=list(intervals)) if intervals else None
 
 
 def reconcile(conn: Redis, settings: Settings, queue: Queue | None = None) -> list[str]:

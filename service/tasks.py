@@ -69,6 +69,7 @@ def process_delivery(delivery_id: str) -> str:
         # The body was kept only so the task could run again; the record stays a while.
         pipe.hdel(delivery.record_key(delivery_id), "body")
         pipe.expire(delivery.record_key(delivery_id), settings.dedup_ttl_seconds)
+        pipe.zrem(delivery.PENDING_KEY, delivery_id)
         pipe.execute()
     log.info("delivery %s processed (attempt %d): %s", delivery_id, attempts, outcome)
     return "done"

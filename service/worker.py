@@ -8,7 +8,7 @@ from rq.serializers import JSONSerializer
 from . import handlers
 from .config import QUEUE_NAME, Settings
 from .connection import connect
-from .reconciler import Reconciler
+from .upkeep import Upkeep
 
 
 def build(settings: Settings, name: str | None = None) -> Worker:
@@ -21,15 +21,15 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
     """Work until stopped (or, with `burst`, until the queue is empty).
 
     The scheduler runs inside the worker: retries with a delay and later status checks need
-    it. With the Open Connectors API configured, the reconciler runs beside it.
+    it. The upkeep thread (sweeper, and reconciler with the API configured) runs beside it.
     """
     worker = build(settings, name)
-    reconciler = None
-    if settings.api_configured and not burst:
-        reconciler = Reconciler(settings, worker.name)
-        reconciler.start()
+    upkeep = None
+    if not burst:
+        upkeep = Upkeep(settings, worker.name)
+        upkeep.start()
     try:
         return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
     finally:
-        if reconciler is not None:
-            reconciler.stop()
+        if upkeep is not None:
+            upkeep.stop()

@@ -85,3 +85,33 @@ def flaky_outcome(outcome) -> str:
     with open(os.environ["BULKHOOK_TEST_OUTPUT"], "a") as out:
         out.write(json.dumps({"handler": "flaky_outcome", "job_id": name}) + "\n")
     return "flaky ok"
+
+
+def effect_once(item) -> str:
+    """Make a downstream effect once per idempotency key, and log every invocation.
+
+    The effect is a file created with O_EXCL, named by the key: a second invocation for the
+    same delivery (a task run again after its worker was killed) finds it and does nothing,
+    as a real downstream system keyed on Idempotency-Key would.
+    """
+    folder = Path(os.environ["BULKHOOK_TEST_OUTPUT"] + ".effects")
+    folder.mkdir(exist_ok=True)
+    with open(os.environ["BULKHOOK_TEST_OUTPUT"], "a") as out:
+        out.write(json.dumps({"handler": "effect_once", "key": item.idempotency_key,
+                              "job_id": item.job_id}) + "\n")  # fmt: skip
+    try:
+        fd = os.open(folder / item.idempotency_key, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return "already done"
+    os.write(fd, (item.job_id or "").encode())
+    os.close(fd)
+    return "done"
+
+
+def slow(item) -> str:
+    """Take two seconds, then record: for graceful-shutdown tests."""
+    import time
+
+    time.sleep(2)
+    _append("slow", item)
+    return "slow done"

@@ -1,4 +1,4 @@
-"""The reconciler: finds jobs whose callback never came, from inside every worker.
+"""Upkeep, from inside every worker: the sweeper, and the reconciler when the API is set.
 
 Every worker runs this thread; a Redis key that lives one interval lets only one of them
 act per interval, so running many workers on many nodes is safe.
@@ -11,21 +11,21 @@ import threading
 
 from redis import RedisError
 
-from . import pipeline
+from . import pipeline, sweeper
 from .config import KEY_PREFIX, Settings
 from .connection import connect
 
 log = logging.getLogger(__name__)
 
-TURN_KEY = f"{KEY_PREFIX}reconciler:turn"
+TURN_KEY = f"{KEY_PREFIX}upkeep:turn"
 """Set for one interval by the worker whose turn it is."""
 
 
-class Reconciler(threading.Thread):
-    """Runs `pipeline.reconcile` every `reconcile_interval_seconds`, once across all workers."""
+class Upkeep(threading.Thread):
+    """Runs the sweeper, and the reconciler, every `reconcile_interval_seconds`, once overall."""
 
     def __init__(self, settings: Settings, name: str) -> None:
-        super().__init__(name="bulkhook-reconciler", daemon=True)
+        super().__init__(name="bulkhook-upkeep", daemon=True)
         self.settings = settings
         self.worker_name = name
         self.stopped = threading.Event()
@@ -36,11 +36,13 @@ class Reconciler(threading.Thread):
         while not self.stopped.wait(interval):
             try:
                 if conn.set(TURN_KEY, self.worker_name, nx=True, ex=interval):
-                    pipeline.reconcile(conn, self.settings)
+                    sweeper.sweep(conn, self.settings)
+                    if self.settings.api_configured:
+                        pipeline.reconcile(conn, self.settings)
             except RedisError as exc:
-                log.warning("reconciler: redis error %s; trying next round", exc.__class__.__name__)
+                log.warning("upkeep: redis error %s; trying next round", exc.__class__.__name__)
             except Exception:
-                log.exception("reconciler round failed; trying next round")
+                log.exception("upkeep round failed; trying next round")
 
     def stop(self) -> None:
         """Ask the thread to end after its current round."""

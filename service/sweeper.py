@@ -1,0 +1,102 @@
+"""The sweeper: finds accepted deliveries whose task RQ no longer holds, and queues them again.
+
+RQ loses a task in a few corner cases, all seen in this project's fault tests: a worker
+killed between taking a task off the queue and marking it started leaves it in the
+started registry with status "queued", which RQ's clean-up drops; a worker killed while
+holding RQ's registry-cleaning lock stops every clean-up for 15 minutes. bulkhook keeps its
+own list of deliveries not yet done, so it can tell, and act.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import cast
+
+from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.utils import parse_composite_key
+
+from . import delivery
+from .config import TASK_TIMEOUT_SECONDS, Settings
+from .connection import task_queue, task_retry
+from .delivery import PENDING_KEY
+from .intake import TASK
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+"""Most deliveries looked at in one sweep, oldest first."""
+
+
+def sweep(conn: Redis, settings: Settings) -> list[str]:
+    """Queue again every pending delivery old enough whose task is nowhere in RQ."""
+    queue = task_queue(conn)
+    # Abandoned started tasks first, by RQ's own rule (retried, or failed when out of retries).
+    StartedJobRegistry(queue=queue).cleanup()
+    cutoff = time.time() - settings.sweep_after_seconds
+    candidates = cast(
+        list[bytes], conn.zrangebyscore(PENDING_KEY, "-inf", cutoff, start=0, num=BATCH)
+    )
+    if not candidates:
+        return []
+    running = _running(conn, queue.started_job_registry.key)
+    requeued = []
+    for raw in candidates:
+        delivery_id = raw.decode()
+        loaded = delivery.load(conn, delivery_id)
+        if loaded is None or loaded[0].get("state") == delivery.DONE:
+            conn.zrem(PENDING_KEY, delivery_id)
+            continue
+        if _held(conn, delivery_id, cutoff, running):
+            continue
+        fields = loaded[0]
+        queue.enqueue_call(
+            TASK,
+            args=(delivery_id,),
+            job_id=delivery_id,
+            retry=task_retry(settings),
+            timeout=TASK_TIMEOUT_SECONDS,
+            description=f"{fields.get('kind')} {fields.get('job_id') or fields.get('dedup_key')}",
+        )
+        requeued.append(delivery_id)
+    if requeued:
+        log.warning("sweeper queued %d lost task(s) again: %s", len(requeued), requeued[:10])
+    return requeued
+
+
+def _held(conn: Redis, task_id: str, cutoff: float, running: set[str]) -> bool:
+    """Whether RQ still has the task somewhere it will come out of by itself."""
+    try:
+        job = Job.fetch(task_id, connection=conn, serializer=task_queue(conn).serializer)
+    except NoSuchJobError:
+        return False
+    moments = [job.enqueued_at, job.started_at, job.ended_at, job.last_heartbeat]
+    if any(m is not None and _timestamp(m) > cutoff for m in moments):
+        return True  # moved recently: it may be between two places right now
+    status = job.get_status(refresh=False)
+    if status == JobStatus.FAILED:
+        return True  # dead-lettered: left for a person (`bulkhook failed`)
+    if status == JobStatus.STARTED:
+        return task_id in running
+    if status == JobStatus.SCHEDULED:
+        return conn.zscore(task_queue(conn).scheduled_job_registry.key, task_id) is not None
+    if status == JobStatus.QUEUED:
+        q = task_queue(conn)
+        return any(conn.lpos(key, task_id) is not None for key in (q.key, q.intermediate_queue_key))
+    return False
+
+
+def _running(conn: Redis, key: str) -> set[str]:
+    """Task ids with a live entry in the started registry."""
+    now = time.time()
+    entries = cast(list[tuple[bytes, float]], conn.zrange(key, 0, -1, withscores=True))
+    return {parse_composite_key(entry.decode())[0] for entry, score in entries if score > now}
+
+
+def _timestamp(moment: datetime) -> float:
+    # RQ writes UTC; a naive value is UTC too.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
