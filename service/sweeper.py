@@ -1,10 +1,11 @@
 """The sweeper: finds accepted deliveries whose task RQ no longer holds, and queues them again.
 
-RQ loses a task in a few corner cases, all seen in this project's fault tests: a worker
-killed between taking a task off the queue and marking it started leaves it in the
-started registry with status "queued", which RQ's clean-up drops; a worker killed while
-holding RQ's registry-cleaning lock stops every clean-up for 15 minutes. bulkhook keeps its
-own list of deliveries not yet done, so it can tell, and act.
+RQ strands a task in a few corner cases, all seen in this project's fault tests when workers
+and Redis are killed under load: a task left in the intermediate list by a worker killed
+right after taking it; one left in the started registry with status "queued", which RQ's
+clean-up drops; a retry whose time passed while no scheduler ran; and a worker killed while
+holding RQ's registry-cleaning lock, which stops RQ's own clean-up for 15 minutes. bulkhook
+keeps its own set of deliveries not yet done, so it can tell, and act.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def sweep(conn: Redis, settings: Settings) -> list[str]:
         if _held(conn, delivery_id, cutoff, running):
             continue
         fields = loaded[0]
+        # Take it out of wherever RQ left it, so RQ cannot also run it from there.
+        conn.lrem(queue.intermediate_queue_key, 0, delivery_id)
+        conn.zrem(queue.scheduled_job_registry.key, delivery_id)
         queue.enqueue_call(
             TASK,
             args=(delivery_id,),
@@ -82,11 +86,13 @@ def _held(conn: Redis, task_id: str, cutoff: float, running: set[str]) -> bool:
         return True  # dead-lettered: left for a person (`bulkhook failed`)
     if status == JobStatus.STARTED:
         return task_id in running
+    queue = task_queue(conn)
     if status == JobStatus.SCHEDULED:
-        return conn.zscore(task_queue(conn).scheduled_job_registry.key, task_id) is not None
+        due = conn.zscore(queue.scheduled_job_registry.key, task_id)
+        return due is not None and float(due) > cutoff  # long overdue: no scheduler ran
     if status == JobStatus.QUEUED:
-        q = task_queue(conn)
-        return any(conn.lpos(key, task_id) is not None for key in (q.key, q.intermediate_queue_key))
+        # The intermediate list holds a task between a worker taking it and starting it.
+        return conn.lpos(queue.key, task_id) is not None or task_id in running
     return False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from rq.job import Job, JobStatus
@@ -81,4 +82,39 @@ def test_done_deliveries_leave_the_pending_set(client, conn, settings) -> None:
     work(conn)
 
     assert conn.zscore(PENDING_KEY, delivery_id) is None
+    assert sweep(conn, settings) == []
+
+
+def test_task_stranded_in_the_intermediate_list_is_queued_again_once(client, conn, settings):
+    delivery_id = accepted(client, conn)
+    queue = task_queue(conn)
+    # A worker took it (BLMOVE into the intermediate list) and was killed at once.
+    conn.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
+
+    assert sweep(conn, settings) == [delivery_id]
+    assert conn.llen(queue.intermediate_queue_key) == 0
+    assert queue.get_job_ids() == [delivery_id]
+
+
+def test_retry_long_overdue_without_a_scheduler_is_queued_again(client, conn, settings):
+    delivery_id = accepted(client, conn)
+    queue = task_queue(conn)
+    job = Job.fetch(delivery_id, connection=conn, serializer=queue.serializer)
+    conn.lrem(queue.key, 1, delivery_id)
+    queue.scheduled_job_registry.schedule(job, datetime.now(UTC) - timedelta(seconds=30))
+    job.set_status(JobStatus.SCHEDULED)
+
+    assert sweep(conn, settings) == [delivery_id]
+    assert queue.scheduled_job_registry.get_job_ids() == []
+    assert queue.get_job_ids() == [delivery_id]
+
+
+def test_retry_not_yet_due_is_left_to_the_scheduler(client, conn, settings):
+    delivery_id = accepted(client, conn)
+    queue = task_queue(conn)
+    job = Job.fetch(delivery_id, connection=conn, serializer=queue.serializer)
+    conn.lrem(queue.key, 1, delivery_id)
+    queue.scheduled_job_registry.schedule(job, datetime.now(UTC) + timedelta(seconds=60))
+    job.set_status(JobStatus.SCHEDULED)
+
     assert sweep(conn, settings) == []
