@@ -26,7 +26,7 @@ def entries(conn: Redis) -> list[dict[str, Any]]:
     """Every dead-lettered task, oldest failure first, with its last error's final line."""
     found = []
     for job in _jobs(conn):
-        error = (job.exc_info or "").strip().splitlines()
+        error = _traceback(job).strip().splitlines()
         found.append(
             {
                 "id": job.id,
@@ -56,7 +56,7 @@ def show(conn: Redis, task_id: str) -> dict[str, Any] | None:
         "description": job.description,
         "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
         "failed_at": job.ended_at.isoformat() if job.ended_at else None,
-        "traceback": job.exc_info,
+        "traceback": _traceback(job),
         "delivery": record,
         "body_bytes": len(body) if body is not None else None,
     }
@@ -112,6 +112,11 @@ def _jobs(conn: Redis) -> list[Job]:
         else:
             jobs.append(job)
     return jobs
+
+
+def _traceback(job: Job) -> str:
+    result = job.latest_result()
+    return (result.exc_string if result is not None else None) or ""
 
 
 def _fetch(conn: Redis, task_id: str) -> Job | None:
