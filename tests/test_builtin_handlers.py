@@ -82,6 +82,7 @@ def test_forward_posts_a_summary_signed_with_the_forward_key(tmp_path, monkeypat
 
     [(headers, body)] = Captured.requests
     verify(headers["Elements-Webhook-Signature"], body, ["forward-key-1"])
+    assert headers["Idempotency-Key"] == "bulkhook-job-42-COMPLETED"
     summary = json.loads(body)
     assert (summary["job_id"], summary["status"], summary["errors_count"]) == ("42", "COMPLETED", 1)
     assert summary["errors"] == [{"error": "bad phone", "record": {"id": 1}}]
