@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test test-fast lint clean
+.PHONY: install run demo test test-fast lint reliability clean
 
 install: $(STAMP)
 
@@ -26,9 +26,15 @@ test: install lint
 test-fast: install
 	$(BIN)/pytest -m "not slow"
 
+reliability: install
+	rm -rf var/reliability
+	RELIABILITY_REPORT_DIR=var/reliability $(BIN)/pytest -m faults -q
+	$(BIN)/python bench/fsync.py --out var/reliability/fsync.json
+	$(BIN)/python bench/reliability_report.py var/reliability docs/reliability.md
+
 lint: install
-	$(BIN)/ruff check service tests deploy
-	$(BIN)/ruff format --check service tests deploy
+	$(BIN)/ruff check service tests deploy bench
+	$(BIN)/ruff format --check service tests deploy bench
 	$(BIN)/mypy
 
 clean:
