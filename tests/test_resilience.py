@@ -129,7 +129,14 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
     max_leaves=20,
 )
+# Nearly valid bodies reach the intake and Redis, not just the parser: weighted up.
+_near_valid = st.fixed_dictionaries(
+    {"id": st.text(min_size=1) | st.integers(), "status": st.text(min_size=1)},
+    optional={"message": st.dictionaries(st.text(), _json, max_size=3)},
+).map(lambda value: json.dumps(value).encode())
 _bodies = st.one_of(
+    _near_valid,
+    _near_valid,
     st.binary(max_size=70_000),
     _json.map(lambda value: json.dumps(value).encode()),
     st.fixed_dictionaries(
@@ -145,32 +152,63 @@ def fuzz_server(tmp_path_factory) -> Iterator[Server]:
     running.close()
 
 
+def raw_request(port: int, method: str, path: str, headers: dict[str, str], payload: bytes,
+                chunked: bool) -> int | None:  # fmt: skip
+    """Send one request byte for byte, as a hostile client could; return the status or None.
+
+    Written by hand because HTTP client libraries refuse much of what is worth sending.
+    """
+    lines = [f"{method} {path} HTTP/1.1", "Host: fuzz", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+        half = len(payload) // 2
+        parts = [p for p in (payload[:half], payload[half:]) if p]
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    else:
+        lines.append(f"Content-Length: {len(payload)}")
+        framed = payload
+    request = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + framed
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the body was read; the answer may still be there
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    status_line = answer.split(b"\r\n", 1)[0].split()
+    return int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else None
+
+
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS"]),
-    path=st.sampled_from(["/callbacks/bulk", "/callbacks/events", "/callbacks/x", "/", "/%ff"]),
+    method=st.sampled_from(["POST"] * 6 + ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW"]),
+    path=st.sampled_from(
+        ["/callbacks/bulk"] * 4 + ["/callbacks/events"] * 3 + ["/callbacks/x", "/", "/%ff"]
+    ),
     headers=st.dictionaries(_header_names, _header_text, max_size=4),
     payload=_bodies,
-    sign_it=st.booleans(),
+    sign_it=st.sampled_from([True, True, True, False]),
     chunked=st.booleans(),
 )
 def test_hostile_requests_never_get_a_5xx(fuzz_server, method, path, headers, payload, sign_it,
                                           chunked) -> None:  # fmt: skip
-    headers = {k: v for k, v in headers.items() if k.lower() != "transfer-encoding" or chunked}
+    # Framing headers are the harness's to write; everything else is fair game.
+    headers = {k: v for k, v in headers.items()
+               if k.lower() not in ("transfer-encoding", "content-length")}  # fmt: skip
     if sign_it:
         headers["Elements-Webhook-Signature"] = sign(KEY, payload)
-    data = (
-        iter([payload[: len(payload) // 2], payload[len(payload) // 2 :]]) if chunked else payload
-    )
-    try:
-        answer = requests.request(method, fuzz_server.base + path, data=data, headers=headers,
-                                  timeout=30)  # fmt: skip
-    except requests.ConnectionError:
-        # The server may close a connection it refuses to read (e.g. a body over the limit
-        # sent in chunks); what matters is that it stays up, checked below.
-        answer = None
-    if answer is not None:
-        assert answer.status_code < 500, answer.text
+
+    status = raw_request(fuzz_server.port, method, path, headers, payload, chunked)
+
+    # No status at all means the server closed a request it would not read (a body over the
+    # limit sent in chunks); what matters then is that it is still serving, checked below.
+    if status is not None:
+        assert status < 500
     assert requests.get(fuzz_server.base + "/healthz", timeout=10).status_code == 200
