@@ -115,3 +115,13 @@ def slow(item) -> str:
     time.sleep(2)
     _append("slow", item)
     return "slow done"
+
+
+def effect_then_die(item) -> str:
+    """Make the effect, then kill this process before bulkhook can record the success, once."""
+    result = effect_once(item)
+    marker = Path(os.environ["BULKHOOK_TEST_OUTPUT"] + f".{item.id}.died")
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), 9)
+    return result

@@ -212,3 +212,24 @@ def test_hostile_requests_never_get_a_5xx(fuzz_server, method, path, headers, pa
     if status is not None:
         assert status < 500
     assert requests.get(fuzz_server.base + "/healthz", timeout=10).status_code == 200
+
+
+def test_worker_killed_after_the_effect_runs_the_handler_again_and_the_effect_stays_once(
+    tmp_path: Path,
+) -> None:
+    server = Server(tmp_path, BULKHOOK_HANDLERS="tests.handlers.effect_then_die",
+                    BULKHOOK_RETRY_INTERVALS="1")  # fmt: skip
+    worker = server.start("worker")
+    try:
+        delivery_id = server.post(body()).json()["delivery_id"]
+        wait_for(lambda: server.conn.hget(record_key(delivery_id), "state") == b"done",
+                 what="the task to run again and finish")  # fmt: skip
+    finally:
+        stop(worker)
+        server.close()
+    runs = (tmp_path / "handled.jsonl").read_text().splitlines()
+    assert len(runs) == 2  # the first run's process died before its success was recorded
+    assert {json.loads(run)["key"] for run in runs} == {f"bulkhook-delivery-{delivery_id}"}
+    assert [p.name for p in (tmp_path / "handled.jsonl.effects").iterdir()] == [
+        f"bulkhook-delivery-{delivery_id}"
+    ]
