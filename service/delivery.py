@@ -44,6 +44,7 @@ _TEXT_FIELDS = (
     "webhook_id",
     "dedup_key",
     "received_at",
+    "started_at",
     "state",
     "signed",
     "attempts",
@@ -96,17 +97,32 @@ def seen_key(dedup_key: str) -> str:
     return f"{KEY_PREFIX}seen:{dedup_key}"
 
 
-def save(pipe: Pipeline, record: dict[str, Any], body: bytes, inbox_size: int) -> None:
-    """Queue the writes of a new record and its inbox entry on `pipe`."""
-    fields: dict[Any, Any] = {
-        name: _encode(value) for name, value in record.items() if value is not None
+def new_record(
+    *,
+    delivery_id: str,
+    payload: Any,
+    received_at: str,
+    signed: bool,
+    webhook_id: str | None,
+    body: bytes,
+) -> dict[str, str | bytes]:
+    """The fields of a new delivery's record, body included, ready to write."""
+    fields: dict[str, Any] = {
+        "id": delivery_id,
+        "kind": payload.kind,
+        "job_id": payload.job_id,
+        "status": payload.status,
+        "event_id": payload.event_id,
+        "webhook_id": webhook_id,
+        "dedup_key": payload.dedup_key,
+        "received_at": received_at,
+        "state": QUEUED,
+        "signed": signed,
+        "attempts": 0,
     }
-    fields["body"] = body
-    pipe.hset(record_key(record["id"]), mapping=fields)
-    received = datetime.fromisoformat(record["received_at"]).timestamp()
-    pipe.zadd(INBOX_KEY, {record["id"]: received})
-    # Only the index is trimmed: a record stays until its delivery is processed.
-    pipe.zremrangebyrank(INBOX_KEY, 0, -inbox_size - 1)
+    record = {name: _encode(value) for name, value in fields.items() if value is not None}
+    record["body"] = body
+    return record
 
 
 def load(conn: Redis, delivery_id: str) -> tuple[dict[str, str], bytes | None] | None:

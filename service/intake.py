@@ -1,7 +1,11 @@
 """Intake: record a verified callback and queue its follow-up task, atomically, or not at all.
 
-A WATCH/MULTI transaction makes "seen" and "queued" one step: a concurrent duplicate either
-finds the seen-key already set, or makes this transaction fail and retry into finding it.
+One Lua script does it in one round trip: if the de-dup key is already set it answers with
+the earlier delivery's id and writes nothing; otherwise it sets the key, writes the record,
+indexes it (inbox, pending) and enqueues the RQ job. Redis runs a script whole or not at
+all, so there is no "seen but not queued". The RQ job's fields come from RQ itself
+(`Queue.create_job`, `Job.to_dict`): the script only writes them where RQ's own enqueue
+would (the job hash, the queue list, the set of queues).
 """
 
 from __future__ import annotations
@@ -9,10 +13,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import cast
+from datetime import UTC, datetime
+from typing import Any, cast
 
-from redis import Redis, WatchError
+from redis import Redis
 from rq import Queue
+from rq.job import JobStatus
 
 from . import delivery
 from .config import TASK_TIMEOUT_SECONDS, Settings
@@ -21,6 +27,25 @@ from .payloads import Payload
 
 TASK = "service.tasks.process_delivery"
 """Dotted path of the follow-up task, as RQ stores it."""
+
+_ACCEPT = """
+local earlier = redis.call('GET', KEYS[1])
+if earlier then return earlier end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local record_count = tonumber(ARGV[5])
+local record = {}
+for i = 1, record_count * 2 do record[i] = ARGV[5 + i] end
+redis.call('HSET', KEYS[2], unpack(record))
+local job = {}
+for i = 6 + record_count * 2, #ARGV do job[#job + 1] = ARGV[i] end
+redis.call('HSET', KEYS[5], unpack(job))
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[3]) - 1)
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('RPUSH', KEYS[6], ARGV[1])
+redis.call('SADD', KEYS[7], KEYS[6])
+return false
+"""
 
 
 @dataclass(frozen=True)
@@ -46,42 +71,50 @@ def accept(
     Raises redis.RedisError when Redis cannot take it: then nothing was written.
     """
     delivery_id = uuid.uuid4().hex
-    seen = delivery.seen_key(payload.dedup_key)
-    record = {
-        "id": delivery_id,
-        "kind": payload.kind,
-        "job_id": payload.job_id,
-        "status": payload.status,
-        "event_id": payload.event_id,
-        "webhook_id": webhook_id,
-        "dedup_key": payload.dedup_key,
-        "received_at": delivery.now_iso(),
-        "state": delivery.QUEUED,
-        "signed": signed,
-        "attempts": 0,
-    }
-    retry = task_retry(settings)
-    with conn.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(seen)
-                earlier = cast(bytes | None, pipe.get(seen))
-                if earlier is not None:
-                    return Receipt(delivery_id=earlier.decode(), duplicate=True)
-                pipe.multi()
-                pipe.set(seen, delivery_id, ex=settings.dedup_ttl_seconds)
-                delivery.save(pipe, record, body, settings.inbox_size)
-                pipe.zadd(delivery.PENDING_KEY, {delivery_id: time.time()})
-                queue.enqueue_call(
-                    TASK,
-                    args=(delivery_id,),
-                    job_id=delivery_id,
-                    retry=retry,
-                    timeout=TASK_TIMEOUT_SECONDS,
-                    description=f"{payload.kind} {payload.job_id or payload.dedup_key}",
-                    pipeline=pipe,
-                )
-                pipe.execute()
-                return Receipt(delivery_id=delivery_id, duplicate=False)
-            except WatchError:
-                continue
+    received = time.time()
+    record = delivery.new_record(
+        delivery_id=delivery_id,
+        payload=payload,
+        received_at=datetime.fromtimestamp(received, UTC).isoformat(timespec="microseconds"),
+        signed=signed,
+        webhook_id=webhook_id,
+        body=body,
+    )
+    job = _job_fields(queue, settings, delivery_id, payload)
+    keys = [
+        delivery.seen_key(payload.dedup_key),
+        delivery.record_key(delivery_id),
+        delivery.INBOX_KEY,
+        delivery.PENDING_KEY,
+        queue.job_class.key_for(delivery_id),
+        queue.key,
+        queue.redis_queues_keys,
+    ]
+    args: list[Any] = [delivery_id, settings.dedup_ttl_seconds, settings.inbox_size, received]
+    args.append(len(record))
+    for name, value in record.items():
+        args += [name, value]
+    for name, value in job.items():
+        args += [name, value]
+    earlier = cast(bytes | None, conn.register_script(_ACCEPT)(keys=keys, args=args))
+    if earlier is not None:
+        return Receipt(delivery_id=earlier.decode(), duplicate=True)
+    return Receipt(delivery_id=delivery_id, duplicate=False)
+
+
+def _job_fields(
+    queue: Queue, settings: Settings, delivery_id: str, payload: Payload
+) -> dict[str, Any]:
+    """The RQ job hash exactly as RQ's own enqueue would write it."""
+    job = queue.create_job(
+        TASK,
+        args=(delivery_id,),
+        job_id=delivery_id,
+        retry=task_retry(settings),
+        timeout=TASK_TIMEOUT_SECONDS,
+        description=f"{payload.kind} {payload.job_id or payload.dedup_key}",
+        status=JobStatus.QUEUED,
+    )
+    # What Queue.enqueue_job does before saving: origin, enqueued_at, timeout, status.
+    queue._prepare_for_queue(job)
+    return job.to_dict()

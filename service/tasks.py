@@ -40,7 +40,13 @@ def process_delivery(delivery_id: str) -> str:
         return "already done"
 
     attempts = int(fields.get("attempts", "0")) + 1
-    delivery.update(conn, delivery_id, state=delivery.PROCESSING, attempts=attempts)
+    delivery.update(
+        conn,
+        delivery_id,
+        state=delivery.PROCESSING,
+        attempts=attempts,
+        started_at=delivery.now_iso(),
+    )
     view = delivery.to_delivery(fields, body)
     try:
         if view.kind == BULK and view.job_id and settings.api_configured:

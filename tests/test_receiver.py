@@ -374,3 +374,21 @@ def test_body_one_byte_over_the_limit_gets_413(config, conn) -> None:
 
     assert response.status_code == 413
     assert_nothing_recorded(conn)
+
+
+def test_intake_writes_the_rq_job_as_rqs_own_enqueue_would(client, conn) -> None:
+    from rq.job import Job
+
+    from service.connection import task_queue
+
+    delivery_id = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+
+    queue = task_queue(conn)
+    job = Job.fetch(delivery_id, connection=conn, serializer=queue.serializer)
+    assert job.func_name == "service.tasks.process_delivery"
+    assert job.args == [delivery_id]
+    assert job.origin == "bulkhook"
+    assert job.get_status() == "queued"
+    assert job.retries_left == 2  # BULKHOOK_RETRY_INTERVALS="0,0" in the test config
+    assert job.enqueued_at is not None
+    assert conn.sismember("rq:queues", queue.key)

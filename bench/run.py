@@ -1,0 +1,450 @@
+"""`make bench`: bulkhook side by side with adnanh/webhook (the peer) and the floor, one run.
+
+Everything runs on loopback: one redis-server per Redis user (shipped deploy/redis.conf),
+bulkhook exactly as the Procfile runs it, the floor (bench/floor_app.py under gunicorn with
+4 sync workers), and `webhook` with a hook that checks payload-hmac-sha256 and runs /bin/true.
+wrk drives them in interleaved rounds with distinct, pre-signed requests. Figures go to the
+terminal and to bench/results.json; ratios are medians of per-round ratios, since absolute
+figures move with the machine's noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from common import KEY, REPO, EmbeddedRedis, free_port, procfile
+from redis import Redis
+
+from service.signature import sign
+
+BULK_SIZE = 215
+EVENT_SIZE = 64 * 1024
+LUA = Path(__file__).with_name("wrk_bodies.lua")
+
+
+def ensure_tools() -> None:
+    """wrk and webhook from Debian's packages: installed when missing and running as root."""
+    missing = [tool for tool in ("wrk", "webhook") if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"make bench needs {', '.join(missing)}: apt-get install {' '.join(missing)}")
+    subprocess.run(["apt-get", "install", "-y", *missing], check=False, capture_output=True)
+    if any(shutil.which(tool) is None for tool in missing):
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", *missing], check=True, capture_output=True)
+
+
+@dataclass
+class Target:
+    """One implementation under load."""
+
+    name: str
+    url: str
+    signer: Callable[[bytes], str]
+    events_url: str | None = None
+    pids: list[int] = field(default_factory=list)
+
+
+def b64_signer(body: bytes) -> str:
+    return sign(KEY, body)
+
+
+def hex_signer(body: bytes) -> str:
+    # adnanh/webhook's payload-hmac-sha256 takes a hex digest (a "sha256=" prefix is allowed).
+    return "sha256=" + hmac.new(KEY.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Bench:
+    def __init__(self, tmp: Path, stack: ExitStack) -> None:
+        self.tmp = tmp
+        self.stack = stack
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                    "PYTHONPATH": str(REPO), "BULKHOOK_SIGNATURE_KEY": KEY}  # fmt: skip
+
+    def process(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
+        log = self.stack.enter_context(open(self.tmp / f"{name}.log", "wb"))
+        process = subprocess.Popen(args, cwd=REPO, env={**self.env, **env}, stdout=log,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+        self.stack.callback(_stop, process)
+        return process
+
+    def redis(self, name: str) -> EmbeddedRedis:
+        redis = EmbeddedRedis(self.tmp / name, config=REPO / "deploy" / "redis.conf").start()
+        self.stack.callback(redis.stop)
+        return redis
+
+    def project(self) -> tuple[Target, EmbeddedRedis, subprocess.Popen]:
+        redis = self.redis("project-redis")
+        port = free_port()
+        web = self.process("project-web", procfile("web"), PORT=str(port), REDIS_URL=redis.url)
+        worker = self.process("project-worker", procfile("worker"), REDIS_URL=redis.url)
+        base = f"http://127.0.0.1:{port}"
+        _wait(base + "/readyz")
+        target = Target("bulkhook", base + "/callbacks/bulk", b64_signer,
+                        events_url=base + "/callbacks/events", pids=[web.pid])  # fmt: skip
+        return target, redis, worker
+
+    def floor(self) -> Target:
+        redis = self.redis("floor-redis")
+        port = free_port()
+        self.process("floor-web", [sys.executable, "-m", "gunicorn", "-w", "4", "-k", "sync",
+                                   "-b", f"127.0.0.1:{port}", "bench.floor_app:create_app()"],
+                     REDIS_URL=redis.url)  # fmt: skip
+        self.process("floor-worker", [sys.executable, "-m", "rq.cli", "worker", "-u", redis.url,
+                                      "floor"])  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        _wait_port(port)
+        return Target("floor", base + "/callbacks/bulk", b64_signer)
+
+    def peer(self) -> Target:
+        port = free_port()
+        hooks = self.tmp / "hooks.json"
+        hooks.write_text(json.dumps([{
+            "id": "bulk",
+            "execute-command": "/bin/true",
+            "trigger-rule": {"match": {"type": "payload-hmac-sha256", "secret": KEY,
+                             "parameter": {"source": "header",
+                                           "name": "Elements-Webhook-Signature"}}},
+        }]))  # fmt: skip
+        self.process("peer", ["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1",
+                              "-port", str(port)])  # fmt: skip
+        _wait_port(port)
+        return Target("webhook", f"http://127.0.0.1:{port}/hooks/bulk", hex_signer)
+
+
+def bodies(kind: str, count: int) -> list[bytes]:
+    """Distinct callbacks of the bench's two shapes, exactly BULK_SIZE or EVENT_SIZE bytes."""
+    made = []
+    for _ in range(count):
+        unique = uuid.uuid4().hex
+        if kind == "bulk":
+            doc = {"id": unique[:12], "status": "COMPLETED", "fileFormat": "csv",
+                   "instanceId": 425904, "objectName": "contacts", "recordsCount": 100,
+                   "recordsFailedCount": 0, "pad": ""}  # fmt: skip
+            size = BULK_SIZE
+        else:
+            doc = {"message": {"eventId": unique, "elementKey": "sfdc", "instanceId": 425904,
+                   "events": [{"objectType": "Contact", "objectId": unique[:18],
+                               "eventType": "UPDATED", "elementKey": "sfdc",
+                               "date": "2026-12-04T20:00:00Z"}], "raw": {"pad": ""}}}  # fmt: skip
+            size = EVENT_SIZE
+        raw = json.dumps(doc, separators=(",", ":"))
+        raw = raw.replace('"pad":""', '"pad":"' + "x" * (size - len(raw)) + '"')
+        made.append(raw.encode())
+    return made
+
+
+def wrk(target: Target, kind: str, concurrency: int, seconds: int, tmp: Path) -> dict:
+    count = 40_000 if kind == "bulk" else 4_000
+    path = tmp / "requests.txt"
+    with open(path, "wb") as out:
+        for body in bodies(kind, count):
+            out.write(target.signer(body).encode() + b"\t" + body + b"\n")
+    url = target.events_url if kind == "events" and target.events_url else target.url
+    env = {**os.environ, "BENCH_REQUESTS": str(path), "BENCH_THREADS": "2",
+           "BENCH_PATH": "/" + url.split("/", 3)[3]}  # fmt: skip
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(LUA), url],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    path.unlink()
+    match = re.search(r"BENCH accepted=(\d+) duplicate=(\d+) other=(\d+) errors=(\d+) "
+                      r"p50=([\d.]+) p99=([\d.]+) seconds=([\d.]+)", out)  # fmt: skip
+    if match is None:
+        raise RuntimeError(f"wrk said: {out}")
+    accepted, duplicate, other, errors = (int(g) for g in match.groups()[:4])
+    p50, p99, duration = (float(g) for g in match.groups()[4:])
+    return {"accepted_per_s": accepted / duration, "p50_ms": p50, "p99_ms": p99,
+            "duplicate": duplicate, "other": other, "errors": errors}  # fmt: skip
+
+
+def end_to_end(target: Target, redis: EmbeddedRedis, rate: float, seconds: float) -> dict:
+    """Time from each 2xx to its follow-up task starting, at a fixed rate of distinct sends."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    conn = Redis.from_url(redis.url)
+    answered: dict[str, float] = {}
+    session_pool = [requests.Session() for _ in range(16)]
+    started = time.monotonic()
+    total = int(rate * seconds)
+
+    def send(n: int) -> None:
+        delay = started + n / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        body = bodies("bulk", 1)[0]
+        response = session_pool[n % 16].post(
+            target.url, data=body, headers={"Elements-Webhook-Signature": b64_signer(body)},
+            timeout=30)  # fmt: skip
+        if response.status_code == 202:
+            answered[response.json()["delivery_id"]] = time.time()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(send, range(total)))
+    deadline = time.monotonic() + 120
+    latencies = []
+    pending = dict(answered)
+    while pending and time.monotonic() < deadline:
+        for delivery_id in list(pending):
+            value = conn.hget(f"bulkhook:delivery:{delivery_id}", "started_at")
+            if value:
+                started_at = _iso(value.decode())
+                latencies.append(1000 * (started_at - pending.pop(delivery_id)))
+        time.sleep(0.2)
+    latencies.sort()
+    return {"rate": rate, "sent": total, "measured": len(latencies),
+            "p50_ms": statistics.median(latencies) if latencies else None,
+            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] if latencies else None}  # fmt: skip
+
+
+def worker_rate(redis: EmbeddedRedis, count: int, env: dict[str, str]) -> float:
+    """Trivial follow-up tasks per second of one `bulkhook worker` process."""
+    from service import create_app
+
+    app = create_app({"REDIS_URL": redis.url, "BULKHOOK_SIGNATURE_KEY": KEY})
+    client = app.test_client()
+    for body in bodies("bulk", count):
+        client.post("/callbacks/bulk", data=body,
+                    headers={"Elements-Webhook-Signature": b64_signer(body)})  # fmt: skip
+    conn = Redis.from_url(redis.url)
+    before = conn.llen("rq:queue:bulkhook")
+    started = time.perf_counter()
+    subprocess.run(["bulkhook", "worker", "--burst"], env={**env, "REDIS_URL": redis.url},
+                   cwd=REPO, check=True, capture_output=True)  # fmt: skip
+    return before / (time.perf_counter() - started)
+
+
+def big_body(target: Target) -> dict:
+    """A 10 MiB signed event notification: time to accept, and the web worker's peak memory."""
+    size = 10 * 1024 * 1024
+    doc = json.dumps({"message": {"eventId": uuid.uuid4().hex, "events": [], "raw": {"pad": ""}}})
+    body = doc.replace('"pad": ""', '"pad": "' + "x" * (size - len(doc)) + '"').encode()
+    workers = _children(target.pids[0])
+    before = {pid: _status(pid) for pid in workers}
+    started = time.perf_counter()
+    answer = requests.post(target.events_url or target.url, data=body,
+                           headers={"Elements-Webhook-Signature": b64_signer(body)},
+                           timeout=120)  # fmt: skip
+    elapsed = time.perf_counter() - started
+    growth = max(_status(pid)["VmHWM"] - before[pid]["VmRSS"] for pid in workers)
+    return {"status": answer.status_code, "seconds": elapsed, "body_mib": size / 2**20,
+            "peak_growth_mib": growth / 1024, "copies": growth * 1024 / size}  # fmt: skip
+
+
+def growth(target: Target, redis: EmbeddedRedis, worker: subprocess.Popen, waiting: list[int],
+           tmp: Path) -> list[dict]:  # fmt: skip
+    """Accepted/s and Redis memory per waiting delivery with that many deliveries queued."""
+    from service import create_app
+
+    worker.terminate()
+    worker.wait(timeout=60)
+    conn = Redis.from_url(redis.url)
+    app = create_app({"REDIS_URL": redis.url, "BULKHOOK_SIGNATURE_KEY": KEY})
+    client = app.test_client()
+    results = []
+    filled = conn.llen("rq:queue:bulkhook")
+    base_memory = conn.info("memory")["used_memory"]
+    for goal in waiting:
+        while filled < goal:
+            body = bodies("bulk", 1)[0]
+            client.post("/callbacks/bulk", data=body,
+                        headers={"Elements-Webhook-Signature": b64_signer(body)})  # fmt: skip
+            filled += 1
+        memory = conn.info("memory")["used_memory"]
+        rounds = [wrk(target, "bulk", 32, 5, tmp) for _ in range(2)]
+        per_delivery = (memory - base_memory) / filled if filled else None
+        results.append(
+            {
+                "waiting": goal,
+                "accepted_per_s": statistics.median(r["accepted_per_s"] for r in rounds),
+                "redis_bytes_per_waiting": per_delivery,
+            }
+        )
+        filled = conn.llen("rq:queue:bulkhook")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--growth", default="0,100000", help="waiting deliveries to measure at")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    args = parser.parse_args()
+    ensure_tools()
+    results: dict = {"rounds": {}, "machine": {"cores": os.cpu_count()}}
+    with tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
+        tmp = Path(tmp_name)
+        bench = Bench(tmp, stack)
+        project, project_redis, project_worker = bench.project()
+        targets = [project, bench.peer(), bench.floor()]
+        for kind in ("bulk", "events"):
+            for concurrency in (8, 32):
+                case = f"{kind} c{concurrency}"
+                results["rounds"][case] = {t.name: [] for t in targets}
+                for number in range(args.rounds):
+                    for target in targets:
+                        seconds = args.seconds if kind == "bulk" else max(2, args.seconds - 2)
+                        figures = wrk(target, kind, concurrency, seconds, tmp)
+                        results["rounds"][case][target.name].append(figures)
+                        print(f"{case:<11} round {number + 1} {target.name:<9} "
+                              f"{figures['accepted_per_s']:8.0f}/s  p50 {figures['p50_ms']:6.1f} ms"
+                              f"  p99 {figures['p99_ms']:6.1f} ms  other {figures['other']}",
+                              flush=True)  # fmt: skip
+        summary = _summarise(results["rounds"])
+        results["summary"] = summary
+        best = summary["bulk c8"]["bulkhook"]["accepted_per_s"]
+        print("measuring end to end, worker rate, big body and growth ...", flush=True)
+        results["end_to_end"] = end_to_end(project, project_redis, best / 2, 5)
+        results["big_body"] = big_body(project)
+        results["growth"] = growth(project, project_redis, project_worker,
+                                   [int(n) for n in args.growth.split(",")], tmp)  # fmt: skip
+        worker_redis = bench.redis("worker-redis")
+        results["worker_per_s"] = worker_rate(worker_redis, 3000, bench.env)
+    args.out.write_text(json.dumps(results, indent=2))
+    _print(results)
+
+
+def _summarise(rounds: dict) -> dict:
+    summary = {}
+    for case, by_target in rounds.items():
+        summary[case] = {}
+        for name, runs in by_target.items():
+            summary[case][name] = {key: statistics.median(r[key] for r in runs)
+                                   for key in ("accepted_per_s", "p50_ms", "p99_ms")}  # fmt: skip
+        for other in ("webhook", "floor"):
+            ratios = [mine["accepted_per_s"] / theirs["accepted_per_s"]
+                      for mine, theirs in zip(by_target["bulkhook"], by_target[other],
+                                              strict=True) if theirs["accepted_per_s"]]  # fmt: skip
+            summary[case][f"ratio_{other}"] = statistics.median(ratios) if ratios else None
+    return summary
+
+
+def _print(results: dict) -> None:
+    summary = results["summary"]
+    print(f"\n{'case':<11}{'bulkhook':>10}{'webhook':>10}{'floor':>10}{'/webhook':>10}"
+          f"{'/floor':>8}   p50/p99 ms bulkhook | webhook | floor")  # fmt: skip
+    for case, row in summary.items():
+        cells = "".join(f"{row[n]['accepted_per_s']:>10.0f}" for n in ("bulkhook", "webhook",
+                                                                         "floor"))  # fmt: skip
+        lat = " | ".join(f"{row[n]['p50_ms']:.1f}/{row[n]['p99_ms']:.1f}"
+                         for n in ("bulkhook", "webhook", "floor"))  # fmt: skip
+        print(f"{case:<11}{cells}{row['ratio_webhook']:>10.2f}{row['ratio_floor']:>8.2f}   {lat}")
+    e2e, big, worker = results["end_to_end"], results["big_body"], results["worker_per_s"]
+    verdicts = []
+    for case, row in summary.items():
+        verdicts.append((f"{case}: accepted/s >= 1.0x webhook", row["ratio_webhook"] >= 1.0,
+                         f"{row['ratio_webhook']:.2f}x"))  # fmt: skip
+        verdicts.append(
+            (
+                f"{case}: p99 no worse than webhook's",
+                row["bulkhook"]["p99_ms"] <= row["webhook"]["p99_ms"],
+                f"{row['bulkhook']['p99_ms']:.1f} vs {row['webhook']['p99_ms']:.1f} ms",
+            )
+        )
+        verdicts.append((f"{case}: >= 5x the floor", row["ratio_floor"] >= 5,
+                         f"{row['ratio_floor']:.2f}x"))  # fmt: skip
+    if e2e["p50_ms"] is not None:
+        verdicts.append(("end to end p50 <= 20 ms at half load", e2e["p50_ms"] <= 20,
+                         f"{e2e['p50_ms']:.1f} ms at {e2e['rate']:.0f}/s"))  # fmt: skip
+        verdicts.append(("end to end p99 <= 100 ms at half load", e2e["p99_ms"] <= 100,
+                         f"{e2e['p99_ms']:.1f} ms"))  # fmt: skip
+    verdicts.append(("worker >= 1,000 trivial follow-ups/s per process", worker >= 1000,
+                     f"{worker:.0f}/s"))  # fmt: skip
+    verdicts.append(("10 MiB body with <= 2 copies in memory", big["copies"] <= 2,
+                     f"{big['copies']:.1f} copies, {big['seconds'] * 1000:.0f} ms, "
+                     f"HTTP {big['status']}"))  # fmt: skip
+    empty = results["growth"][0]
+    for point in results["growth"][1:]:
+        ratio = point["accepted_per_s"] / empty["accepted_per_s"]
+        verdicts.append((f"accepted/s with {point['waiting']} waiting within 10% of empty",
+                         ratio >= 0.9, f"{ratio:.2f}x"))  # fmt: skip
+        per = point["redis_bytes_per_waiting"]
+        verdicts.append((f"Redis memory per waiting delivery <= body + 1 KiB "
+                         f"({point['waiting']} waiting)", per is not None and per <= BULK_SIZE + 1024,
+                         f"{per:.0f} bytes" if per else "n/a"))  # fmt: skip
+    print("\ntargets:")
+    for name, ok, figure in verdicts:
+        print(f"  [{'met' if ok else 'MISSED'}] {name}: {figure}")
+
+
+def _iso(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _status(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+def _wait(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _wait_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+if __name__ == "__main__":
+    main()
