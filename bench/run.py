@@ -91,11 +91,11 @@ class Bench:
         self.stack.callback(redis.stop)
         return redis
 
-    def project(self) -> tuple[Target, EmbeddedRedis, subprocess.Popen]:
-        redis = self.redis("project-redis")
+    def project(self, name: str = "project") -> tuple[Target, EmbeddedRedis, subprocess.Popen]:
+        redis = self.redis(f"{name}-redis")
         port = free_port()
-        web = self.process("project-web", procfile("web"), PORT=str(port), REDIS_URL=redis.url)
-        worker = self.process("project-worker", procfile("worker"), REDIS_URL=redis.url)
+        web = self.process(f"{name}-web", procfile("web"), PORT=str(port), REDIS_URL=redis.url)
+        worker = self.process(f"{name}-worker", procfile("worker"), REDIS_URL=redis.url)
         base = f"http://127.0.0.1:{port}"
         _wait(base + "/readyz")
         target = Target("bulkhook", base + "/callbacks/bulk", b64_signer,
@@ -283,6 +283,9 @@ def growth(target: Target, redis: EmbeddedRedis, worker: subprocess.Popen, waiti
 
 
 def main() -> None:
+    import logging
+
+    logging.disable(logging.INFO)  # the in-process fills would log every callback
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
@@ -313,7 +316,9 @@ def main() -> None:
         results["summary"] = summary
         best = summary["bulk c8"]["bulkhook"]["accepted_per_s"]
         print("measuring end to end, worker rate, big body and growth ...", flush=True)
-        results["end_to_end"] = end_to_end(project, project_redis, best / 2, 5)
+        # A fresh stack: the rounds above left a backlog that would dominate the latency.
+        fresh, fresh_redis, _ = bench.project("fresh")
+        results["end_to_end"] = end_to_end(fresh, fresh_redis, best / 2, 5)
         results["big_body"] = big_body(project)
         results["growth"] = growth(project, project_redis, project_worker,
                                    [int(n) for n in args.growth.split(",")], tmp)  # fmt: skip
@@ -362,7 +367,9 @@ def _print(results: dict) -> None:
         )
         verdicts.append((f"{case}: >= 5x the floor", row["ratio_floor"] >= 5,
                          f"{row['ratio_floor']:.2f}x"))  # fmt: skip
-    if e2e["p50_ms"] is not None:
+    if e2e["p50_ms"] is None:
+        verdicts.append(("end to end at half load", False, "no task started within 120 s"))
+    else:
         verdicts.append(("end to end p50 <= 20 ms at half load", e2e["p50_ms"] <= 20,
                          f"{e2e['p50_ms']:.1f} ms at {e2e['rate']:.0f}/s"))  # fmt: skip
         verdicts.append(("end to end p99 <= 100 ms at half load", e2e["p99_ms"] <= 100,
@@ -378,8 +385,9 @@ def _print(results: dict) -> None:
         verdicts.append((f"accepted/s with {point['waiting']} waiting within 10% of empty",
                          ratio >= 0.9, f"{ratio:.2f}x"))  # fmt: skip
         per = point["redis_bytes_per_waiting"]
+        small_enough = per is not None and per <= BULK_SIZE + 1024
         verdicts.append((f"Redis memory per waiting delivery <= body + 1 KiB "
-                         f"({point['waiting']} waiting)", per is not None and per <= BULK_SIZE + 1024,
+                         f"({point['waiting']} waiting)", small_enough,
                          f"{per:.0f} bytes" if per else "n/a"))  # fmt: skip
     print("\ntargets:")
     for name, ok, figure in verdicts:

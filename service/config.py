@@ -105,6 +105,7 @@ class Settings:
     reconcile_after_seconds: int = DEFAULT_RECONCILE_AFTER_SECONDS
     reconcile_interval_seconds: int = DEFAULT_RECONCILE_INTERVAL_SECONDS
     sweep_after_seconds: int = DEFAULT_SWEEP_AFTER_SECONDS
+    worker_class: str = "simple"
     worker_monitor_seconds: int = DEFAULT_WORKER_MONITOR_SECONDS
     worker_maintenance_seconds: int = DEFAULT_WORKER_MAINTENANCE_SECONDS
 
@@ -159,6 +160,7 @@ class Settings:
             sweep_after_seconds=_int(
                 env, "BULKHOOK_SWEEP_AFTER_SECONDS", DEFAULT_SWEEP_AFTER_SECONDS
             ),
+            worker_class=_choice(env, "BULKHOOK_WORKER_CLASS", ("simple", "fork"), "simple"),
             worker_monitor_seconds=_int(
                 env, "BULKHOOK_WORKER_MONITOR_SECONDS", DEFAULT_WORKER_MONITOR_SECONDS
             ),
@@ -245,6 +247,13 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     value = value.strip().rstrip("/")
     if not value.startswith(("http://", "https://")):
         raise ConfigError(f"{name} must be an http:// or https:// URL, not {value!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (_text(env, name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
 
