@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
 
 from . import handlers
 from .config import QUEUE_NAME, Settings
@@ -11,7 +12,7 @@ from .connection import connect
 from .upkeep import Upkeep
 
 
-def build(settings: Settings, name: str | None = None) -> Worker:
+def build(settings: Settings, name: str | None = None) -> BaseWorker:
     """Return a worker on bulkhook's queue, after checking the handlers import."""
     handlers.load(settings.handlers)
     # simple: tasks run in the worker process itself, about 20x the rate of fork, which
