@@ -102,18 +102,26 @@ def accept(
     return Receipt(delivery_id=delivery_id, duplicate=False)
 
 
+def task_options(
+    settings: Settings, delivery_id: str, kind: str | None, subject: str | None
+) -> dict[str, Any]:
+    """How a delivery's follow-up task is queued, first by the intake or again by the sweeper."""
+    return {
+        "args": (delivery_id,),
+        "job_id": delivery_id,
+        "retry": task_retry(settings),
+        "timeout": TASK_TIMEOUT_SECONDS,
+        "description": f"{kind} {subject}",
+    }
+
+
 def _job_fields(
     queue: Queue, settings: Settings, delivery_id: str, payload: Payload
 ) -> dict[str, Any]:
     """The RQ job hash exactly as RQ's own enqueue would write it."""
+    subject = payload.job_id or payload.dedup_key
     job = queue.create_job(
-        TASK,
-        args=(delivery_id,),
-        job_id=delivery_id,
-        retry=task_retry(settings),
-        timeout=TASK_TIMEOUT_SECONDS,
-        description=f"{payload.kind} {payload.job_id or payload.dedup_key}",
-        status=JobStatus.QUEUED,
+        TASK, **task_options(settings, delivery_id, payload.kind, subject), status=JobStatus.QUEUED
     )
     # What Queue.enqueue_job does before saving: origin, enqueued_at, timeout, status.
     queue._prepare_for_queue(job)

@@ -22,10 +22,10 @@ from rq.registry import StartedJobRegistry
 from rq.utils import parse_composite_key
 
 from . import delivery
-from .config import TASK_TIMEOUT_SECONDS, Settings
-from .connection import task_queue, task_retry
+from .config import Settings
+from .connection import task_queue
 from .delivery import PENDING_KEY
-from .intake import TASK
+from .intake import TASK, task_options
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,8 @@ def sweep(conn: Redis, settings: Settings) -> list[str]:
         # Take it out of wherever RQ left it, so RQ cannot also run it from there.
         conn.lrem(queue.intermediate_queue_key, 0, delivery_id)
         conn.zrem(queue.scheduled_job_registry.key, delivery_id)
-        queue.enqueue_call(
-            TASK,
-            args=(delivery_id,),
-            job_id=delivery_id,
-            retry=task_retry(settings),
-            timeout=TASK_TIMEOUT_SECONDS,
-            description=f"{fields.get('kind')} {fields.get('job_id') or fields.get('dedup_key')}",
-        )
+        subject = fields.get("job_id") or fields.get("dedup_key")
+        queue.enqueue_call(TASK, **task_options(settings, delivery_id, fields.get("kind"), subject))
         requeued.append(delivery_id)
     if requeued:
         log.warning("sweeper queued %d lost task(s) again: %s", len(requeued), requeued[:10])
