@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import errors, handlers, logs, receiver
 from .config import Settings
@@ -35,6 +36,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     redis = connect(settings)
     app.extensions[EXTENSION] = Runtime(settings=settings, redis=redis, queue=task_queue(redis))
 
+    if settings.trusted_proxies:
+        # Take the client address (and scheme, host) from exactly that many proxies' headers.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     errors.init_app(app)
     app.register_blueprint(receiver.bp)
     return app

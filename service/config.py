@@ -106,6 +106,7 @@ class Settings:
     reconcile_interval_seconds: int = DEFAULT_RECONCILE_INTERVAL_SECONDS
     sweep_after_seconds: int = DEFAULT_SWEEP_AFTER_SECONDS
     worker_class: str = "simple"
+    trusted_proxies: int = 0
     worker_monitor_seconds: int = DEFAULT_WORKER_MONITOR_SECONDS
     worker_maintenance_seconds: int = DEFAULT_WORKER_MAINTENANCE_SECONDS
 
@@ -160,6 +161,7 @@ class Settings:
             sweep_after_seconds=_int(
                 env, "BULKHOOK_SWEEP_AFTER_SECONDS", DEFAULT_SWEEP_AFTER_SECONDS
             ),
+            trusted_proxies=_count(env, "BULKHOOK_TRUSTED_PROXIES", 0),
             worker_class=_choice(env, "BULKHOOK_WORKER_CLASS", ("simple", "fork"), "simple"),
             worker_monitor_seconds=_int(
                 env, "BULKHOOK_WORKER_MONITOR_SECONDS", DEFAULT_WORKER_MONITOR_SECONDS
@@ -248,6 +250,15 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     if not value.startswith(("http://", "https://")):
         raise ConfigError(f"{name} must be an http:// or https:// URL, not {value!r}")
     return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _text(env, name)
+    if value is None:
+        return default
+    if not value.strip().isdigit():
+        raise ConfigError(f"{name} must be a whole number, 0 or more, not {value!r}")
+    return int(value)
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:

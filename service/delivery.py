@@ -42,6 +42,7 @@ _TEXT_FIELDS = (
     "status",
     "event_id",
     "webhook_id",
+    "remote_addr",
     "dedup_key",
     "received_at",
     "started_at",
@@ -105,6 +106,7 @@ def new_record(
     signed: bool,
     webhook_id: str | None,
     body: bytes,
+    remote_addr: str | None = None,
 ) -> dict[str, str | bytes]:
     """The fields of a new delivery's record, body included, ready to write."""
     fields: dict[str, Any] = {
@@ -114,6 +116,7 @@ def new_record(
         "status": payload.status,
         "event_id": payload.event_id,
         "webhook_id": webhook_id,
+        "remote_addr": remote_addr,
         "dedup_key": payload.dedup_key,
         "received_at": received_at,
         "state": QUEUED,

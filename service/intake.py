@@ -65,6 +65,7 @@ def accept(
     *,
     signed: bool,
     webhook_id: str | None,
+    remote_addr: str | None = None,
 ) -> Receipt:
     """Record the delivery and enqueue its task; return the earlier delivery if a duplicate.
 
@@ -78,6 +79,7 @@ def accept(
         received_at=datetime.fromtimestamp(received, UTC).isoformat(timespec="microseconds"),
         signed=signed,
         webhook_id=webhook_id,
+        remote_addr=remote_addr,
         body=body,
     )
     job = _job_fields(queue, settings, delivery_id, payload)

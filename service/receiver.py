@@ -67,6 +67,7 @@ def receive(kind: str) -> Response:
             body,
             signed=signed,
             webhook_id=webhook_id,
+            remote_addr=request.remote_addr,
         )
     except RedisError as exc:
         log.error("redis could not take a %s callback: %s", kind, exc.__class__.__name__)
