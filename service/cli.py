@@ -95,6 +95,13 @@ def worker(burst: bool, name: str | None) -> None:
     from . import worker as worker_module
 
     worker_module.run(_settings(), burst=burst, name=name)
+    # RQ has finished its warm shutdown: the task in hand is done and the scheduler stopped.
+    # Leave now. Once (in CI, not reproduced since) a stopped worker hung in interpreter
+    # shutdown after its last log line, with the upkeep thread still alive; a supervisor
+    # would then wait out its stop timeout for nothing.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @main.command()
