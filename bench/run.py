@@ -77,7 +77,8 @@ class Bench:
         self.tmp = tmp
         self.stack = stack
         self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                    "PYTHONPATH": str(REPO), "BULKHOOK_SIGNATURE_KEY": KEY}  # fmt: skip
+                    "PYTHONPATH": str(REPO), "BULKHOOK_SIGNATURE_KEY": KEY,
+                    "BULKHOOK_WORKER_CLASS": "simple"}  # fmt: skip
 
     def process(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
         log = self.stack.enter_context(open(self.tmp / f"{name}.log", "wb"))

@@ -105,7 +105,7 @@ class Settings:
     reconcile_after_seconds: int = DEFAULT_RECONCILE_AFTER_SECONDS
     reconcile_interval_seconds: int = DEFAULT_RECONCILE_INTERVAL_SECONDS
     sweep_after_seconds: int = DEFAULT_SWEEP_AFTER_SECONDS
-    worker_class: str = "simple"
+    worker_class: str = "fork"
     trusted_proxies: int = 0
     worker_monitor_seconds: int = DEFAULT_WORKER_MONITOR_SECONDS
     worker_maintenance_seconds: int = DEFAULT_WORKER_MAINTENANCE_SECONDS
@@ -162,7 +162,7 @@ class Settings:
                 env, "BULKHOOK_SWEEP_AFTER_SECONDS", DEFAULT_SWEEP_AFTER_SECONDS
             ),
             trusted_proxies=_count(env, "BULKHOOK_TRUSTED_PROXIES", 0),
-            worker_class=_choice(env, "BULKHOOK_WORKER_CLASS", ("simple", "fork"), "simple"),
+            worker_class=_choice(env, "BULKHOOK_WORKER_CLASS", ("fork", "simple"), "fork"),
             worker_monitor_seconds=_int(
                 env, "BULKHOOK_WORKER_MONITOR_SECONDS", DEFAULT_WORKER_MONITOR_SECONDS
             ),

@@ -15,8 +15,10 @@ from .upkeep import Upkeep
 def build(settings: Settings, name: str | None = None) -> BaseWorker:
     """Return a worker on bulkhook's queue, after checking the handlers import."""
     handlers.load(settings.handlers)
-    # simple: tasks run in the worker process itself, about 20x the rate of fork, which
-    # forks a work horse per task (isolation from crashing or leaking handlers).
+    # fork (default): a work horse per task, heartbeated, so a task whose worker is killed is
+    # retried within BULKHOOK_WORKER_MONITOR_SECONDS + 60 s. simple: tasks run in the worker
+    # process, about 3x the rate, but a killed worker's task waits its whole timeout (600 s)
+    # plus 60 s before RQ calls it abandoned.
     worker_class = SimpleWorker if settings.worker_class == "simple" else Worker
     return worker_class(
         [QUEUE_NAME], connection=connect(settings), serializer=JSONSerializer, name=name

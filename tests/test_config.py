@@ -50,7 +50,7 @@ def test_key_is_read_from_a_file_without_its_trailing_newline(tmp_path: Path) ->
         ({"BULKHOOK_DEDUP_TTL_SECONDS": "-5"}, "must be positive"),
         ({"BULKHOOK_REDIS_TIMEOUT_SECONDS": "soon"}, "must be a number of seconds"),
         ({"BULKHOOK_RETRY_INTERVALS": "10,x"}, "comma-separated seconds"),
-        ({"BULKHOOK_WORKER_CLASS": "threads"}, "must be one of simple, fork"),
+        ({"BULKHOOK_WORKER_CLASS": "threads"}, "must be one of fork, simple"),
         ({"BULKHOOK_OPENCONNECTORS_URL": "api.example.com"}, "must be an http:// or https:// URL"),
     ],
 )

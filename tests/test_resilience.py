@@ -217,7 +217,7 @@ def test_hostile_requests_never_get_a_5xx(fuzz_server, method, path, headers, pa
 def test_worker_killed_after_the_effect_runs_the_handler_again_and_the_effect_stays_once(
     tmp_path: Path,
 ) -> None:
-    # The forking worker: the handler's process (the work horse) dies, the worker lives on.
+    # The forking worker (the default): the work horse dies, the worker lives on.
     server = Server(tmp_path, BULKHOOK_HANDLERS="tests.handlers.effect_then_die",
                     BULKHOOK_RETRY_INTERVALS="1", BULKHOOK_WORKER_CLASS="fork")  # fmt: skip
     worker = server.start("worker")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from rq import Queue
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -100,3 +102,24 @@ def test_duplicate_is_processed_once(client, conn, handler_output, monkeypatch):
     work(conn)
 
     assert len(read(handler_output)) == 1
+
+
+def test_both_worker_classes_process_deliveries(
+    client, conn, redis_url, handler_output, monkeypatch
+):
+    from rq import SimpleWorker, Worker
+
+    from service import worker
+    from service.config import Settings
+
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record")
+    for name, expected in (("simple", SimpleWorker), ("fork", Worker)):
+        body = json.dumps({"id": f"class-{name}", "status": "COMPLETED"}).encode()
+        delivery_id = post(client, "bulk", body).get_json()["delivery_id"]
+        settings = Settings.from_env({"REDIS_URL": redis_url, "BULKHOOK_WORKER_CLASS": name,
+                                      "BULKHOOK_HANDLERS": "tests.handlers.record"})  # fmt: skip
+        built = worker.build(settings)
+        assert type(built) is expected
+        built.work(burst=True)
+        assert conn.hget(record_key(delivery_id), "state") == b"done"
+    assert [line["job_id"] for line in read(handler_output)] == ["class-simple", "class-fork"]
