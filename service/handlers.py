@@ -20,6 +20,7 @@ from typing import Any
 from .config import Settings
 from .delivery import Delivery
 from .exceptions import BulkhookError, ConfigError
+from .files import atomic_write, safe_name
 from .outcome import JobOutcome
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def archive(item: JobOutcome | Delivery) -> str:
         target = folder / f"{item.id}.json"
         _write_json(target, item.body)
         return str(target)
-    folder = outbox / _file_name(item.job_id)
+    folder = outbox / safe_name(item.job_id)
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(
         folder / "status.json",
@@ -166,9 +167,8 @@ def _resolve(name: str) -> Handler:
 
 
 def _write_json(path: Path, document: Any) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    partial.replace(path)
+    with atomic_write(path) as out:
+        out.write((json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _first(outcome: JobOutcome, limit: int) -> list[Any]:
@@ -178,7 +178,3 @@ def _first(outcome: JobOutcome, limit: int) -> list[Any]:
             break
         rows.append(row)
     return rows
-
-
-def _file_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:100] or "_"

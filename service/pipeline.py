@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -24,6 +21,7 @@ from . import handlers, jobs
 from .config import KEY_PREFIX, TASK_TIMEOUT_SECONDS, Settings
 from .connection import task_queue, task_retry
 from .delivery import Delivery
+from .files import atomic_write, safe_name
 from .openconnectors import Client, JobStatus
 from .outcome import JobOutcome
 
@@ -62,7 +60,7 @@ def schedule_check(conn: Redis, settings: Settings, job_id: str, check: int) -> 
     if check >= len(intervals):
         return False
     # One id per job and round: a second request for the same round replaces the first.
-    task_id = f"check-{_safe(job_id)}-{check + 1}"
+    task_id = f"check-{safe_name(job_id)}-{check + 1}"
     task_queue(conn).enqueue_in(
         timedelta(seconds=intervals[check]),
         CHECK_TASK,
@@ -86,7 +84,7 @@ def reconcile(conn: Redis, settings: Settings, queue: Queue | None = None) -> li
             CHECK_TASK,
             job_id,
             len(settings.status_check_intervals),  # no follow-up chain: the next run covers it
-            job_id=f"reconcile-{_safe(job_id)}",
+            job_id=f"reconcile-{safe_name(job_id)}",
             retry=task_retry(settings),
             job_timeout=TASK_TIMEOUT_SECONDS,
         )
@@ -161,12 +159,12 @@ def _collect(
     direction = (record.get("direction") or status.direction or "").upper() or None
     file_format = status.file_format or record.get("format") or hint.get("fileFormat") or "json"
     file_format = str(file_format).lower()
-    folder = settings.work_dir / _safe(job_id)
+    folder = settings.work_dir / safe_name(job_id)
     folder.mkdir(parents=True, exist_ok=True)
 
     errors_path = folder / "errors.jsonl"
     if not errors_path.exists():
-        with _atomic(errors_path) as out:
+        with atomic_write(errors_path) as out:
             for row in client.errors(job_id):
                 out.write(json.dumps(row).encode() + b"\n")
     with open(errors_path, "rb") as rows:
@@ -176,7 +174,7 @@ def _collect(
     if direction == jobs.DOWNLOAD and status.status == "COMPLETED" and object_name:
         results_path = folder / f"records.{file_format}"
         if not results_path.exists():
-            with _atomic(results_path) as out:
+            with atomic_write(results_path) as out:
                 size = client.results(job_id, object_name, file_format, out)
             jobs.update(conn, job_id, results_bytes=size)
 
@@ -193,27 +191,3 @@ def _collect(
         callback=callback,
         status_document=status.raw,
     )
-
-
-class _atomic:
-    """Write to a temporary file, renamed into place only when complete."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.partial = path.with_name(path.name + ".partial")
-
-    def __enter__(self) -> Any:
-        self.handle = open(self.partial, "wb")  # noqa: SIM115 - closed in __exit__
-        return self.handle
-
-    def __exit__(self, kind: object, *rest: object) -> None:
-        self.handle.close()
-        if kind is None:
-            os.replace(self.partial, self.path)
-        else:
-            self.partial.unlink(missing_ok=True)
-
-
-def _safe(text: str) -> str:
-    """A job id as a file or task name: vendor ids are digits, but nothing is assumed."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:100] or "_"
