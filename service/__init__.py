@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import errors, handlers, logs, receiver
+from . import errors, handlers, intake, logs, receiver
 from .config import Settings
 from .connection import connect, task_queue
 from .runtime import EXTENSION, Runtime
@@ -34,7 +34,12 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
     redis = connect(settings)
-    app.extensions[EXTENSION] = Runtime(settings=settings, redis=redis, queue=task_queue(redis))
+    app.extensions[EXTENSION] = Runtime(
+        settings=settings,
+        redis=redis,
+        queue=task_queue(redis),
+        accept_script=intake.script(redis),
+    )
 
     if settings.trusted_proxies:
         # Take the client address (and scheme, host) from exactly that many proxies' headers.

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from redis import Redis
+from redis.commands.core import Script
 from rq import Queue
 from rq.job import JobStatus
 
@@ -57,7 +58,7 @@ class Receipt:
 
 
 def accept(
-    conn: Redis,
+    accept_script: Script,
     queue: Queue,
     settings: Settings,
     payload: Payload,
@@ -98,7 +99,7 @@ def accept(
         args += [name, value]
     for name, value in job.items():
         args += [name, value]
-    earlier = cast(bytes | None, conn.register_script(_ACCEPT)(keys=keys, args=args))
+    earlier = cast(bytes | None, accept_script(keys=keys, args=args))
     if earlier is not None:
         return Receipt(delivery_id=earlier.decode(), duplicate=True)
     return Receipt(delivery_id=delivery_id, duplicate=False)
@@ -115,6 +116,11 @@ def task_options(
         "timeout": TASK_TIMEOUT_SECONDS,
         "description": f"{kind} {subject}",
     }
+
+
+def script(conn: Redis) -> Script:
+    """The intake script bound to `conn`; made once per process (create_app), not per request."""
+    return conn.register_script(_ACCEPT)
 
 
 def _job_fields(

@@ -60,7 +60,7 @@ def receive(kind: str) -> Response:
             log.warning("rejected bulk callback for job %s: %s", payload.job_id, unknown)
             return answer(404, "unknown_job", unknown)
         receipt = intake.accept(
-            parts.redis,
+            parts.accept_script,
             parts.queue,
             settings,
             payload,

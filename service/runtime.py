@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 from redis import Redis
+from redis.commands.core import Script
 from rq import Queue
 
 from .config import Settings
@@ -21,6 +22,7 @@ class Runtime:
     settings: Settings
     redis: Redis
     queue: Queue
+    accept_script: Script
 
 
 def current() -> Runtime:
