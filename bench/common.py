@@ -22,18 +22,9 @@ sys.path.insert(0, str(REPO))
 
 from service.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from service.signature import sign  # noqa: E402
+from tests.processes import procfile_command as procfile  # noqa: E402
 
 KEY = "bench-key"
-
-
-def procfile(process: str) -> list[str]:
-    import shlex
-
-    for line in (REPO / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == process:
-            return shlex.split(command.strip())
-    raise KeyError(process)
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from common import KEY, REPO, EmbeddedRedis, free_port, procfile
 from redis import Redis
 
 from service.signature import sign
+from tests.processes import children
 
 BULK_SIZE = 215
 EVENT_SIZE = 64 * 1024
@@ -238,7 +239,7 @@ def big_body(target: Target) -> dict:
     size = 10 * 1024 * 1024
     doc = json.dumps({"message": {"eventId": uuid.uuid4().hex, "events": [], "raw": {"pad": ""}}})
     body = doc.replace('"pad": ""', '"pad": "' + "x" * (size - len(doc)) + '"').encode()
-    workers = _children(target.pids[0])
+    workers = children(target.pids[0])
     before = {pid: _status(pid) for pid in workers}
     started = time.perf_counter()
     answer = requests.post(target.events_url or target.url, data=body,
@@ -399,19 +400,6 @@ def _iso(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text).timestamp()
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def _status(pid: int) -> dict[str, int]:
