@@ -58,6 +58,10 @@ abandoned this many seconds plus RQ's fixed 60 after the last heartbeat, and ret
 DEFAULT_WORKER_MAINTENANCE_SECONDS = 60
 """How often a worker sweeps RQ's registries for abandoned tasks (RQ's own default: 600)."""
 
+DEFAULT_REDIS_REPLICA_WAIT_MS = 500
+"""With BULKHOOK_REDIS_MIN_REPLICAS set, how long a callback waits for replicas to confirm
+its write (Redis WAIT) before it is answered 503 instead of 2xx."""
+
 QUEUE_NAME = "bulkhook"
 """The RQ queue follow-up tasks go to."""
 
@@ -109,6 +113,12 @@ class Settings:
     trusted_proxies: int = 0
     worker_monitor_seconds: int = DEFAULT_WORKER_MONITOR_SECONDS
     worker_maintenance_seconds: int = DEFAULT_WORKER_MAINTENANCE_SECONDS
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    redis_min_replicas: int = 0
+    redis_replica_wait_ms: int = DEFAULT_REDIS_REPLICA_WAIT_MS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +179,14 @@ class Settings:
             worker_maintenance_seconds=_int(
                 env, "BULKHOOK_WORKER_MAINTENANCE_SECONDS", DEFAULT_WORKER_MAINTENANCE_SECONDS
             ),
+            redis_sentinels=_addresses(env, "REDIS_SENTINELS"),
+            redis_sentinel_master=_text(env, "REDIS_SENTINEL_MASTER"),
+            redis_password=_secret(env, "REDIS_PASSWORD"),
+            redis_sentinel_password=_secret(env, "REDIS_SENTINEL_PASSWORD"),
+            redis_min_replicas=_count(env, "BULKHOOK_REDIS_MIN_REPLICAS", 0),
+            redis_replica_wait_ms=_int(
+                env, "BULKHOOK_REDIS_REPLICA_WAIT_MS", DEFAULT_REDIS_REPLICA_WAIT_MS
+            ),
         )
 
     @property
@@ -199,14 +217,21 @@ class Settings:
             )
         return self.public_url
 
-    def require_redis(self) -> str:
-        """Return REDIS_URL, or say how to get one."""
+    def require_redis(self) -> None:
+        """Check that Redis is configured (REDIS_URL, or Sentinel), or say how to configure it."""
+        if self.redis_sentinels or self.redis_sentinel_master:
+            if not (self.redis_sentinels and self.redis_sentinel_master):
+                raise ConfigError(
+                    "Redis Sentinel needs both REDIS_SENTINELS (host:port,...) and "
+                    "REDIS_SENTINEL_MASTER (the name the sentinels monitor)"
+                )
+            return
         if not self.redis_url:
             raise ConfigError(
                 "REDIS_URL is not set: point it at your Redis (redis://host:6379/0), "
+                "or set REDIS_SENTINELS and REDIS_SENTINEL_MASTER, "
                 "or use `bulkhook run`, which starts an embedded Redis"
             )
-        return self.redis_url
 
     def check_receiver(self) -> None:
         """Refuse to receive callbacks without a key, unless unsigned ones are allowed."""
@@ -259,6 +284,20 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
     if not value.strip().isdigit():
         raise ConfigError(f"{name} must be a whole number, 0 or more, not {value!r}")
     return int(value)
+
+
+def _addresses(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]:
+    """Parse host:port,host:port (a Sentinel list)."""
+    value = _text(env, name)
+    if value is None:
+        return ()
+    addresses = []
+    for item in _list(value):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{name} must be host:port[,host:port...], not {item!r}")
+        addresses.append((host.strip("[]"), int(port)))
+    return tuple(addresses)
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
+from redis.sentinel import Sentinel
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
@@ -18,14 +20,31 @@ def connect(settings: Settings) -> Redis:
 
     One quick retry on a dropped connection lets the first request after a Redis restart
     succeed; more would stretch the time a sender waits for its 503 when Redis hangs.
+    With REDIS_SENTINELS the client asks the sentinels for the primary and asks again after
+    a failover (a dropped connection, or a write refused by a demoted primary).
     """
-    return Redis.from_url(
-        settings.require_redis(),
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=RedisRetry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-        health_check_interval=30,
-    )
+    settings.require_redis()
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+        "retry": RedisRetry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        "health_check_interval": 30,
+    }
+    if settings.redis_password is not None:
+        options["password"] = settings.redis_password
+    if settings.redis_sentinels:
+        assert settings.redis_sentinel_master is not None  # require_redis checked it
+        sentinel = Sentinel(
+            list(settings.redis_sentinels),
+            sentinel_kwargs={
+                "password": settings.redis_sentinel_password,
+                "socket_timeout": settings.redis_timeout_seconds,
+                "socket_connect_timeout": settings.redis_timeout_seconds,
+            },
+        )
+        return sentinel.master_for(settings.redis_sentinel_master, **options)
+    assert settings.redis_url is not None
+    return Redis.from_url(settings.redis_url, **options)
 
 
 def task_queue(conn: Redis) -> Queue:

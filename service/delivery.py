@@ -7,6 +7,7 @@ The inbox is a sorted set of recent delivery ids, trimmed to a bounded size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,15 +69,12 @@ class Delivery:
     event_id: str | None = None
     webhook_id: str | None = None
     signed: bool = True
+    dedup_key: str = ""
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across retries of this delivery: for handlers to make their effects once.
-
-        Handlers run at least once: a worker killed after a handler's effect but before
-        bulkhook recorded its success runs it again, with the same key.
-        """
-        return f"bulkhook-delivery-{self.id}"
+        """Stable across retries of this delivery: for handlers to make their effects once."""
+        return idempotency_key(self.dedup_key or self.id)
 
     @property
     def events(self) -> list[Any]:
@@ -175,7 +173,19 @@ def to_delivery(fields: dict[str, str], body: bytes) -> Delivery:
         event_id=fields.get("event_id"),
         webhook_id=fields.get("webhook_id"),
         signed=fields.get("signed") == "1",
+        dedup_key=fields.get("dedup_key", ""),
     )
+
+
+def idempotency_key(dedup_key: str) -> str:
+    """The key handlers make their effects once by: the same for every copy of one callback.
+
+    Handlers run at least once: a worker killed after a handler's effect but before bulkhook
+    recorded its success runs it again. Derived from what the sender sent (the de-dup key),
+    not from the delivery id, so it also holds when the sender delivers the same callback
+    again after its first record was lost (a Redis failover before replication) or expired.
+    """
+    return "bulkhook-" + hashlib.sha256(dedup_key.encode()).hexdigest()[:32]
 
 
 def now_iso() -> str:

@@ -84,8 +84,13 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [self.binary]
         if self.config is not None:
-            # The file decides persistence; only where and how to listen is set here.
-            args.append(str(Path(self.config).resolve()))
+            # The file decides persistence; only where and how to listen is set here. A copy:
+            # Redis rewrites its file on CONFIG REWRITE (Sentinel does, after a failover);
+            # kept across restarts, as a server's own file would be.
+            own = self.data_dir / "redis.conf"
+            if not own.exists():
+                shutil.copyfile(self.config, own)
+            args.append(str(own.resolve()))
         else:
             args += ["--save", "", "--appendonly", "yes" if self.appendonly else "no"]
         args += [

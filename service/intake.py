@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from redis import Redis
+from redis import Redis, RedisError
 from redis.commands.core import Script
 from rq import Queue
 from rq.job import JobStatus
@@ -99,10 +99,33 @@ def accept(
         args += [name, value]
     for name, value in job.items():
         args += [name, value]
-    earlier = cast(bytes | None, accept_script(keys=keys, args=args))
+    earlier = _run(accept_script, keys, args, settings)
     if earlier is not None:
         return Receipt(delivery_id=earlier.decode(), duplicate=True)
     return Receipt(delivery_id=delivery_id, duplicate=False)
+
+
+class NotReplicated(RedisError):
+    """The write reached the primary but too few replicas confirmed it in time."""
+
+
+def _run(accept_script: Script, keys: list[Any], args: list[Any], settings: Settings) -> Any:
+    """Run the script; with BULKHOOK_REDIS_MIN_REPLICAS, WAIT for replicas on the same connection.
+
+    WAIT counts the replicas that have every write of its own connection, so script and WAIT
+    travel in one pipeline (one connection, one round trip). Without replicas' confirmation
+    the answer is a 503: the sender retries, and gets "duplicate" if the write survived.
+    """
+    wanted = settings.redis_min_replicas
+    if not wanted:
+        return cast(bytes | None, accept_script(keys=keys, args=args))
+    pipe = accept_script.registered_client.pipeline(transaction=False)
+    accept_script(keys=keys, args=args, client=pipe)
+    pipe.wait(wanted, settings.redis_replica_wait_ms)
+    earlier, confirmed = pipe.execute()
+    if confirmed < wanted:
+        raise NotReplicated(f"{confirmed} of {wanted} replica(s) confirmed the write")
+    return cast(bytes | None, earlier)
 
 
 def task_options(

@@ -48,7 +48,7 @@ def run(
     env = dict(os.environ)
     env["PORT"] = str(port)
     embedded: EmbeddedRedis | None = None
-    if not env.get("REDIS_URL", "").strip():
+    if not env.get("REDIS_URL", "").strip() and not env.get("REDIS_SENTINELS", "").strip():
         embedded = EmbeddedRedis(data_dir / "redis").start()
         env["REDIS_URL"] = embedded.url
         (data_dir / REDIS_URL_FILE).write_text(embedded.url + "\n")

@@ -31,7 +31,7 @@ def procfile_command(process: str) -> list[str]:
 
 def environment(**settings: str) -> dict[str, str]:
     """The process environment for a child: the venv's bin first, the tests importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHOOK_", "REDIS_URL"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHOOK_", "REDIS_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(REPO)
     env.update(settings)

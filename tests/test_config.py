@@ -52,6 +52,10 @@ def test_key_is_read_from_a_file_without_its_trailing_newline(tmp_path: Path) ->
         ({"BULKHOOK_RETRY_INTERVALS": "10,x"}, "comma-separated seconds"),
         ({"BULKHOOK_WORKER_CLASS": "threads"}, "must be one of fork, simple"),
         ({"BULKHOOK_OPENCONNECTORS_URL": "api.example.com"}, "must be an http:// or https:// URL"),
+        ({"REDIS_SENTINELS": "10.0.0.1"}, "REDIS_SENTINELS must be host:port"),
+        ({"REDIS_SENTINELS": "10.0.0.1:26379,:1"}, "not ':1'"),
+        ({"REDIS_SENTINELS": "h:99999"}, "REDIS_SENTINELS must be host:port"),
+        ({"BULKHOOK_REDIS_MIN_REPLICAS": "one"}, "must be a whole number, 0 or more"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_setting_named(env, message) -> None:
@@ -86,3 +90,27 @@ def test_app_refuses_to_start_with_a_handler_that_does_not_import(redis_url: str
         create_app({**config, "BULKHOOK_HANDLERS": "nopkg.hooks.on_bulk"})
     with pytest.raises(ConfigError, match="'tests.handlers.missing' is not a callable"):
         create_app({**config, "BULKHOOK_HANDLERS": "tests.handlers.missing"})
+
+
+def test_sentinel_settings_are_parsed() -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_SENTINELS": "10.0.0.1:26379, [::1]:26380",
+            "REDIS_SENTINEL_MASTER": "bulkhook",
+            "REDIS_PASSWORD": "redis-secret",
+            "REDIS_SENTINEL_PASSWORD": "sentinel-secret",
+        }
+    )
+    assert settings.redis_sentinels == (("10.0.0.1", 26379), ("::1", 26380))
+    assert settings.redis_sentinel_master == "bulkhook"
+    settings.require_redis()  # no REDIS_URL needed
+    assert "secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"REDIS_SENTINELS": "10.0.0.1:26379"}, {"REDIS_SENTINEL_MASTER": "bulkhook"}],
+)
+def test_sentinel_needs_both_settings(env) -> None:
+    with pytest.raises(ConfigError, match="needs both REDIS_SENTINELS"):
+        Settings.from_env(env).require_redis()

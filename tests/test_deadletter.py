@@ -11,7 +11,7 @@ from service.cli import main
 from service.config import Settings
 from service.connection import task_queue, task_retry
 from service.deadletter import parse_age
-from service.delivery import PENDING_KEY, record_key
+from service.delivery import PENDING_KEY, idempotency_key, record_key
 
 from .conftest import BULK_BODY, EVENTS_BODY, post, work
 
@@ -116,4 +116,5 @@ def test_handlers_see_the_same_idempotency_key_on_every_attempt(
     work(conn)
 
     keys = {json.loads(line).get("key") for line in handler_output.read_text().splitlines()}
-    assert keys - {None} == {f"bulkhook-delivery-{delivery_id}"}
+    dedup_key = conn.hget(record_key(delivery_id), "dedup_key").decode()
+    assert keys - {None} == {idempotency_key(dedup_key)}

@@ -95,3 +95,22 @@ def test_hanging_redis_gets_503_instead_of_a_hung_request(own_redis, outage_clie
     assert retried.status_code in (200, 202)
     queue = Queue(QUEUE_NAME, connection=Redis.from_url(own_redis.url), serializer=JSONSerializer)
     assert queue.count == 1
+
+
+def test_write_no_replica_confirmed_gets_503_and_the_retry_is_a_duplicate(own_redis) -> None:
+    """BULKHOOK_REDIS_MIN_REPLICAS=1 on a Redis without replicas: WAIT times out, so 503.
+
+    The write itself did reach the primary: the sender's retry is answered as a duplicate.
+    """
+    settings = {"REDIS_URL": own_redis.url, "BULKHOOK_SIGNATURE_KEY": KEY}
+    client = create_app({**settings, "BULKHOOK_REDIS_MIN_REPLICAS": "1",
+                         "BULKHOOK_REDIS_REPLICA_WAIT_MS": "50"}).test_client()  # fmt: skip
+
+    first = post(client, "bulk", BULK_BODY)
+    again = post(create_app(settings).test_client(), "bulk", BULK_BODY)
+
+    assert first.status_code == 503
+    assert first.get_json()["status"] == "unavailable"
+    assert first.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert again.status_code == 200
+    assert again.get_json()["status"] == "duplicate"

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from service.delivery import record_key
+from service.delivery import idempotency_key, record_key
 from service.embedded_redis import EmbeddedRedis, free_port
 from service.signature import sign
 
@@ -230,7 +230,6 @@ def test_worker_killed_after_the_effect_runs_the_handler_again_and_the_effect_st
         server.close()
     runs = (tmp_path / "handled.jsonl").read_text().splitlines()
     assert len(runs) == 2  # the first run's process died before its success was recorded
-    assert {json.loads(run)["key"] for run in runs} == {f"bulkhook-delivery-{delivery_id}"}
-    assert [p.name for p in (tmp_path / "handled.jsonl.effects").iterdir()] == [
-        f"bulkhook-delivery-{delivery_id}"
-    ]
+    expected = idempotency_key(server.conn.hget(record_key(delivery_id), "dedup_key").decode())
+    assert {json.loads(run)["key"] for run in runs} == {expected}
+    assert [p.name for p in (tmp_path / "handled.jsonl.effects").iterdir()] == [expected]

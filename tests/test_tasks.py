@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rq import Queue
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from service.config import QUEUE_NAME
-from service.delivery import record_key
+from service.delivery import record_key, seen_key
 
 from .conftest import BULK_BODY, EVENTS_BODY, post, work
 from .handlers import read
@@ -123,3 +124,21 @@ def test_both_worker_classes_process_deliveries(
         built.work(burst=True)
         assert conn.hget(record_key(delivery_id), "state") == b"done"
     assert [line["job_id"] for line in read(handler_output)] == ["class-simple", "class-fork"]
+
+
+def test_idempotency_key_is_the_same_for_every_copy_of_one_callback(
+    client, conn, handler_output, monkeypatch
+) -> None:
+    """A callback delivered again after its first record is gone keeps its key."""
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.effect_once")
+    first = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+    work(conn)
+    # As if the first record had been lost with a primary that never replicated it.
+    conn.delete(seen_key(conn.hget(record_key(first), "dedup_key").decode()))
+    second = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+    work(conn)
+
+    keys = [json.loads(line)["key"] for line in handler_output.read_text().splitlines()]
+    assert first != second
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert len(list(Path(f"{handler_output}.effects").iterdir())) == 1
