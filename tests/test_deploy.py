@@ -29,10 +29,10 @@ KEY = "deploy-key"
 
 def test_env_example_lists_every_setting_and_parses() -> None:
     names_read = set(
-        re.findall(r'"(BULKHOOK_[A-Z_]+)"', (REPO / "service" / "config.py").read_text())
+        re.findall(r'"((?:BULKHOOK|REDIS)_[A-Z_]+)"', (REPO / "service" / "config.py").read_text())
     )
     example = (DEPLOY / "env.example").read_text()
-    listed = set(re.findall(r"^#? ?(BULKHOOK_[A-Z_]+)=", example, flags=re.M))
+    listed = set(re.findall(r"^#? ?((?:BULKHOOK|REDIS)_[A-Z_]+)=", example, flags=re.M))
     # A _FILE variant is read through the base name; everything read is listed.
     assert {n for n in names_read} - listed == set()
     values = dict(line.split("=", 1) for line in example.splitlines()
