@@ -5,6 +5,18 @@ Every value can be overridden from the environment, 12-factor style.
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+
+# Prometheus multiprocess mode: each worker process writes its counters to files in this
+# folder and /metrics adds them up. Set before anything imports prometheus_client (importing
+# `service` below does), so that every process, master included, is in that mode; emptied at
+# start so a restart does not count old figures twice.
+_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bulkhook-metrics-")
+
+from service import logs  # noqa: E402 - after the variable above, on purpose
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 
@@ -23,6 +35,27 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# gunicorn's error and access lines and the app's, in BULKHOOK_LOG_FORMAT (json or text).
+logconfig_dict = logs.gunicorn_config(loglevel.upper())
+# Text mode: no query string (it carries per-job callback tokens).
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(D)sus "%(a)s"'
+
+def on_starting(server):
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
 
 # Gunicorn's control socket is a per-user path: two servers on one host would fight over it.
 control_socket_disable = True

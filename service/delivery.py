@@ -53,6 +53,8 @@ _TEXT_FIELDS = (
     "handlers_done",
     "outcome",
     "last_error",
+    "headers",
+    "preview",
 )
 
 
@@ -105,6 +107,7 @@ def new_record(
     webhook_id: str | None,
     body: bytes,
     remote_addr: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, str | bytes]:
     """The fields of a new delivery's record, body included, ready to write."""
     fields: dict[str, Any] = {
@@ -120,6 +123,7 @@ def new_record(
         "state": QUEUED,
         "signed": signed,
         "attempts": 0,
+        "headers": json.dumps(headers, separators=(",", ":")) if headers else None,
     }
     record = {name: _encode(value) for name, value in fields.items() if value is not None}
     record["body"] = body

@@ -67,6 +67,7 @@ def accept(
     signed: bool,
     webhook_id: str | None,
     remote_addr: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Receipt:
     """Record the delivery and enqueue its task; return the earlier delivery if a duplicate.
 
@@ -82,6 +83,7 @@ def accept(
         webhook_id=webhook_id,
         remote_addr=remote_addr,
         body=body,
+        headers=headers,
     )
     job = _job_fields(queue, settings, delivery_id, payload)
     keys = [

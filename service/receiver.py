@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
+from dataclasses import dataclass
 
 from flask import Blueprint, Response, request
 from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import intake, jobs, payloads, runtime, signature
+from . import intake, jobs, metrics, payloads, runtime, signature
 from .config import KEY_PREFIX, RETRY_AFTER_SECONDS
 from .errors import answer
 from .exceptions import PayloadError, SignatureError
@@ -27,9 +29,33 @@ COUNTERS_KEY = f"{KEY_PREFIX}counters"
 _MAX_WEBHOOK_ID_LENGTH = 200
 
 
+@dataclass
+class Seen:
+    """What became of one callback: the answer's reason and the ids, for the log and metrics."""
+
+    kind: str
+    answer: str = "accepted"
+    detail: str = ""
+    delivery_id: str | None = None
+    job_id: str | None = None
+
+
 @bp.post(f"/callbacks/<any({', '.join(payloads.KINDS)}):kind>")
 def receive(kind: str) -> Response:
     """Take one callback: 202 queued, 200 duplicate, or a 4xx/503 that says why not."""
+    started = time.perf_counter()
+    seen = Seen(kind)
+    try:
+        response = _receive(kind, seen)
+    except RequestEntityTooLarge:
+        seen.answer, seen.detail = "too_large", "body over BULKHOOK_MAX_BODY_BYTES"
+        _observe(seen, 413, started)
+        raise
+    _observe(seen, response.status_code, started)
+    return response
+
+
+def _receive(kind: str, seen: Seen) -> Response:
     parts = runtime.current()
     settings = parts.settings
     # The HMAC is over the bytes on the wire, read before anything could parse them.
@@ -43,7 +69,7 @@ def receive(kind: str) -> Response:
         try:
             signature.verify(header, body, settings.signature_keys)
         except SignatureError as exc:
-            log.warning("rejected %s callback: %s", kind, exc)
+            seen.answer, seen.detail = "signature", str(exc)
             return answer(401, "unauthorized", str(exc))
         signed = True
 
@@ -51,13 +77,14 @@ def receive(kind: str) -> Response:
     try:
         payload = payloads.parse(kind, body, webhook_id)
     except PayloadError as exc:
-        log.warning("rejected %s callback: %s", kind, exc)
+        seen.answer, seen.detail = "malformed", str(exc)
         return answer(400, "malformed", str(exc))
+    seen.job_id = payload.job_id
 
     try:
         unknown = _unknown_job(parts, payload) if settings.strict_jobs else None
         if unknown is not None:
-            log.warning("rejected bulk callback for job %s: %s", payload.job_id, unknown)
+            seen.answer, seen.detail = "unknown_job", unknown
             return answer(404, "unknown_job", unknown)
         receipt = intake.accept(
             parts.accept_script,
@@ -68,37 +95,75 @@ def receive(kind: str) -> Response:
             signed=signed,
             webhook_id=webhook_id,
             remote_addr=request.remote_addr,
+            headers=_safe_headers(),
         )
     except RedisError as exc:
-        log.error("redis could not take a %s callback: %s", kind, exc.__class__.__name__)
+        seen.answer, seen.detail = "unavailable", f"redis: {exc.__class__.__name__}"
         response = answer(503, "unavailable", "cannot record the callback now; retry later")
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
+    seen.delivery_id = receipt.delivery_id
     if receipt.duplicate:
-        log.info(
-            "duplicate %s callback %s of delivery %s", kind, payload.dedup_key, receipt.delivery_id
-        )
+        seen.answer, seen.detail = "duplicate", payload.dedup_key
         return answer(
             200,
             "duplicate",
             "already accepted; not queued again",
             delivery_id=receipt.delivery_id,
         )
-    log.info(
-        "accepted %s callback as delivery %s (job %s, status %s)",
-        kind,
-        receipt.delivery_id,
-        payload.job_id,
-        payload.status,
-    )
+    seen.detail = f"status {payload.status}" if payload.status else ""
     return answer(202, "accepted", "recorded and queued", delivery_id=receipt.delivery_id)
+
+
+def _observe(seen: Seen, status_code: int, started: float) -> None:
+    """One log line and the metrics for one callback."""
+    seconds = time.perf_counter() - started
+    metrics.callback_answered(seen.kind, seen.answer, seconds)
+    level = (
+        logging.INFO
+        if seen.answer in ("accepted", "duplicate")
+        else logging.ERROR
+        if seen.answer == "unavailable"
+        else logging.WARNING
+    )
+    refused = seen.answer not in ("accepted", "duplicate")
+    log.log(
+        level,
+        "%s callback %s%s",
+        seen.kind,
+        f"refused ({seen.answer})" if refused else seen.answer,
+        f": {seen.detail}" if seen.detail else "",
+        extra={
+            "kind": seen.kind,
+            "answer": seen.answer,
+            "status_code": status_code,
+            "delivery_id": seen.delivery_id,
+            "job_id": seen.job_id,
+            "duration_ms": round(seconds * 1000, 3),
+        },
+    )
+
+
+SAFE_HEADERS = ("Content-Type", "Content-Length", "User-Agent", WEBHOOK_ID_HEADER)
+"""Headers kept with a delivery for the dashboard; never the signature, cookies or tokens."""
+
+
+def _safe_headers() -> dict[str, str]:
+    return {name: request.headers[name][:200] for name in SAFE_HEADERS if name in request.headers}
 
 
 @bp.get("/healthz")
 def healthz() -> Response:
     """The process is alive; no Redis call, so a Redis outage does not restart web nodes."""
     return answer(200, "ok", "alive")
+
+
+@bp.get("/metrics")
+def metrics_page() -> Response:
+    """Prometheus text format: this web's callbacks (all its processes) and Redis-side figures."""
+    text, content_type = metrics.exposition(runtime.current().redis)
+    return Response(text, content_type=content_type)
 
 
 @bp.get("/readyz")

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from redis import Redis
 from rq import get_current_job
 
-from . import delivery, handlers, pipeline
+from . import delivery, handlers, metrics, pipeline
 from .config import Settings
 from .payloads import BULK
 
 log = logging.getLogger(__name__)
 
 _MAX_TEXT = 1000
+
+PREVIEW_BYTES = 2048
+"""How much of a processed delivery's body its record keeps, for the dashboard."""
 
 
 def process_delivery(delivery_id: str) -> str:
@@ -35,9 +39,11 @@ def process_delivery(delivery_id: str) -> str:
         log.warning("delivery %s has no record; nothing to do", delivery_id)
         return "no record"
     fields, body = loaded
+    ids = {"delivery_id": delivery_id, "job_id": fields.get("job_id"), "kind": fields.get("kind")}
     if fields.get("state") == delivery.DONE or body is None:
-        log.info("delivery %s was already processed", delivery_id)
+        log.info("delivery %s was already processed", delivery_id, extra=ids)
         return "already done"
+    started = time.perf_counter()
 
     attempts = int(fields.get("attempts", "0")) + 1
     delivery.update(
@@ -61,24 +67,40 @@ def process_delivery(delivery_id: str) -> str:
             state=delivery.FAILED if final else delivery.QUEUED,
             last_error=_describe(exc)[:_MAX_TEXT],
         )
+        metrics.count_task(conn, "dead_lettered" if final else "retried")
         log.warning(
             "delivery %s failed (attempt %d%s): %s",
             delivery_id,
             attempts,
             ", giving up" if final else ", will retry",
             exc.__class__.__name__,
+            extra={**ids, "attempt": attempts, "answer": "failed", **_took(started)},
         )
         raise
 
     with conn.pipeline() as pipe:
         delivery.update(pipe, delivery_id, state=delivery.DONE, outcome=outcome[:_MAX_TEXT])
-        # The body was kept only so the task could run again; the record stays a while.
+        # The body was kept only so the task could run again; the record stays a while,
+        # with the start of the body for people looking at it (the dashboard).
+        preview = body[:PREVIEW_BYTES].decode("utf-8", "replace")
+        pipe.hset(delivery.record_key(delivery_id), "preview", preview)
         pipe.hdel(delivery.record_key(delivery_id), "body")
+        pipe.hincrby(metrics.TASKS_KEY, "succeeded", 1)
         pipe.expire(delivery.record_key(delivery_id), settings.dedup_ttl_seconds)
         pipe.zrem(delivery.PENDING_KEY, delivery_id)
         pipe.execute()
-    log.info("delivery %s processed (attempt %d): %s", delivery_id, attempts, outcome)
+    log.info(
+        "delivery %s processed (attempt %d): %s",
+        delivery_id,
+        attempts,
+        outcome,
+        extra={**ids, "attempt": attempts, "answer": "done", **_took(started)},
+    )
     return "done"
+
+
+def _took(started: float) -> dict[str, float]:
+    return {"duration_ms": round((time.perf_counter() - started) * 1000, 3)}
 
 
 def check_job(job_id: str, check: int) -> str:

@@ -11,7 +11,7 @@ import threading
 
 from redis import RedisError
 
-from . import pipeline, sweeper
+from . import metrics, pipeline, sweeper
 from .config import KEY_PREFIX, Settings
 from .connection import connect
 
@@ -36,9 +36,12 @@ class Upkeep(threading.Thread):
         while not self.stopped.wait(interval):
             try:
                 if conn.set(TURN_KEY, self.worker_name, nx=True, ex=interval):
-                    sweeper.sweep(conn, self.settings)
+                    swept = sweeper.sweep(conn, self.settings)
+                    if swept:
+                        metrics.count_task(conn, "swept", len(swept))
                     if self.settings.api_configured:
                         pipeline.reconcile(conn, self.settings)
+                        metrics.count_task(conn, "reconciler_runs")
             except RedisError as exc:
                 log.warning("upkeep: redis error %s; trying next round", exc.__class__.__name__)
             except Exception:

@@ -1,0 +1,233 @@
+"""Operations: /metrics (in-process and under gunicorn with several processes) and JSON logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import logs
+from service.signature import sign
+
+from .conftest import BULK_BODY, EVENTS_BODY, KEY, post, work
+from .processes import Stack, wait_for
+
+
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page: (name, sorted labels) -> value."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def callbacks(samples: dict, kind: str, answer: str) -> float:
+    return value(samples, "bulkhook_callbacks_total", kind=kind, answer=answer)
+
+
+# --- metrics, in one process ---------------------------------------------------------------
+
+
+def test_metrics_count_each_answer_by_kind(client) -> None:
+    before = scrape(client.get("/metrics").get_data(as_text=True))
+    body = b'{"id": "metrics-1", "status": "COMPLETED"}'
+
+    post(client, "bulk", body)
+    post(client, "bulk", body)
+    post(client, "bulk", body, key="wrong")
+    post(client, "bulk", b"[1, 2]")
+    post(client, "events", EVENTS_BODY)
+    page = client.get("/metrics")
+    after = scrape(page.get_data(as_text=True))
+
+    assert page.status_code == 200
+    assert page.content_type.startswith("text/plain; version=")  # Prometheus text format
+    delta = {
+        answer: callbacks(after, kind, answer) - callbacks(before, kind, answer)
+        for kind, answer in [
+            ("bulk", "accepted"),
+            ("bulk", "duplicate"),
+            ("bulk", "signature"),
+            ("bulk", "malformed"),
+            ("events", "accepted"),
+            ("bulk", "too_large"),
+        ]  # fmt: skip
+    }
+    assert delta == {"accepted": 1, "duplicate": 1, "signature": 1, "malformed": 1,
+                     "too_large": 0}  # fmt: skip
+    assert callbacks(after, "events", "accepted") - callbacks(before, "events", "accepted") == 1
+    count = value(after, "bulkhook_callback_duration_seconds_count", kind="bulk")
+    assert count - value(before, "bulkhook_callback_duration_seconds_count", kind="bulk") == 4
+
+
+def test_oversized_and_unavailable_answers_are_counted(config, redis_server) -> None:
+    from service import create_app
+
+    config["BULKHOOK_MAX_BODY_BYTES"] = "100"
+    client = create_app(config).test_client()
+    before = scrape(client.get("/metrics").get_data(as_text=True))
+
+    assert post(client, "bulk", b" " * 200).status_code == 413
+    after = scrape(client.get("/metrics").get_data(as_text=True))
+
+    assert callbacks(after, "bulk", "too_large") - callbacks(before, "bulk", "too_large") == 1
+
+
+def test_worker_figures_come_from_redis(client, conn) -> None:
+    post(client, "bulk", b'{"id": "metrics-2", "status": "COMPLETED"}')
+    waiting = scrape(client.get("/metrics").get_data(as_text=True))
+
+    work(conn)
+    done = scrape(client.get("/metrics").get_data(as_text=True))
+
+    assert value(waiting, "bulkhook_redis_up") == 1
+    assert value(waiting, "bulkhook_queue_tasks", state="queued") == 1
+    assert value(waiting, "bulkhook_pending_deliveries") == 1
+    assert value(waiting, "bulkhook_oldest_pending_age_seconds") > 0
+    assert value(done, "bulkhook_queue_tasks", state="queued") == 0
+    assert value(done, "bulkhook_pending_deliveries") == 0
+    assert value(done, "bulkhook_oldest_pending_age_seconds") == 0
+    succeeded = value(done, "bulkhook_tasks_total", outcome="succeeded")
+    assert succeeded - value(waiting, "bulkhook_tasks_total", outcome="succeeded") == 1
+
+
+def test_failed_tasks_are_counted_as_retried_then_dead_lettered(config, conn, monkeypatch):
+    from service import create_app
+
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.always_fails")  # the worker's
+    config["BULKHOOK_RETRY_INTERVALS"] = "0"  # one retry, at once
+    client = create_app(config).test_client()
+    post(client, "bulk", BULK_BODY)
+
+    work(conn)
+    samples = scrape(client.get("/metrics").get_data(as_text=True))
+
+    assert value(samples, "bulkhook_tasks_total", outcome="retried") == 1
+    assert value(samples, "bulkhook_tasks_total", outcome="dead_lettered") == 1
+    assert value(samples, "bulkhook_queue_tasks", state="dead_letter") == 1
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+def record(message: str, *args, name: str = "service.receiver", **extra) -> logging.LogRecord:
+    made = logging.LogRecord(name, logging.INFO, __file__, 1, message, args, None)
+    for field, content in extra.items():
+        setattr(made, field, content)
+    return made
+
+
+def test_json_lines_carry_the_ids_as_fields() -> None:
+    line = logs.JsonFormatter().format(
+        record(
+            "bulk callback %s",
+            "accepted",
+            delivery_id="d1",
+            job_id="j1",
+            answer="accepted",
+            kind="bulk",
+            duration_ms=1.5,
+        )  # fmt: skip
+    )
+
+    parsed = json.loads(line)
+    assert parsed["message"] == "bulk callback accepted"
+    assert parsed["level"] == "INFO" and parsed["logger"] == "service.receiver"
+    assert {k: parsed[k] for k in ("delivery_id", "job_id", "answer", "kind", "duration_ms")} == {
+        "delivery_id": "d1", "job_id": "j1", "answer": "accepted", "kind": "bulk",
+        "duration_ms": 1.5,
+    }  # fmt: skip
+    assert "T" in parsed["time"] and isinstance(parsed["pid"], int)
+
+
+def test_gunicorn_access_atoms_become_fields_without_the_query_string() -> None:
+    atoms = {"h": "10.0.0.9", "m": "POST", "U": "/callbacks/bulk", "q": "token=secret-token",
+             "s": "202", "B": "80", "D": "1234", "a": "curl/8"}  # fmt: skip
+    made = record("%(h)s %(r)s", name="gunicorn.access")
+    made.args = atoms  # as gunicorn passes them
+
+    parsed = json.loads(logs.JsonFormatter().format(made))
+
+    assert parsed["message"] == "access"
+    assert parsed["method"] == "POST" and parsed["path"] == "/callbacks/bulk"
+    assert parsed["status"] == 202 and parsed["bytes"] == 80 and parsed["duration_ms"] == 1.234
+    assert "secret-token" not in json.dumps(parsed)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("text", "text"), ("JSON", "json"),
+                                                   ("", "json"), ("xml", "json")])  # fmt: skip
+def test_log_format_setting(setting: str, expected: str) -> None:
+    assert logs.log_format({"BULKHOOK_LOG_FORMAT": setting}) == expected
+    made = logs.formatter(expected).format(record("hello"))
+    assert made.startswith("{") == (expected == "json")
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The JSON lines of a log file (a line being written is skipped)."""
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return found
+
+
+# --- under gunicorn, several processes -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_gunicorn_processes_and_logs_follow_a_delivery(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(tmp_path, KEY, WEB_CONCURRENCY="3", GUNICORN_THREADS="1",
+                  BULKHOOK_HANDLERS="tests.handlers.record")  # fmt: skip
+    try:
+        count = 60
+        ids = []
+        for n in range(count):
+            body = json.dumps({"id": f"multi-{n}", "status": "COMPLETED"}).encode()
+            # A new connection each time, so the master's accept spreads them over workers.
+            answer = requests.post(f"{stack.base}/callbacks/bulk", data=body,
+                                   headers={"Elements-Webhook-Signature": sign(KEY, body),
+                                            "Connection": "close"}, timeout=10)  # fmt: skip
+            assert answer.status_code == 202
+            ids.append(answer.json()["delivery_id"])
+        stack.post(b"not json")
+        pages = [requests.get(f"{stack.base}/metrics", timeout=10).text for _ in range(6)]
+        last = ids[-1]
+
+        def worker_line() -> dict | None:
+            lines = json_lines(tmp_path / "worker.log")
+            return next((line for line in lines if line.get("delivery_id") == last), None)
+
+        processed = wait_for(worker_line, 60, "the worker's line about the last delivery")
+        web_lines = json_lines(tmp_path / "web.log")
+    finally:
+        stack.close()
+
+    # Whichever process answered the scrape, it reports every process's callbacks.
+    for page in pages:
+        samples = scrape(page)
+        assert callbacks(samples, "bulk", "accepted") == count
+        assert callbacks(samples, "bulk", "malformed") == 1
+    accepted = [line for line in web_lines if line.get("answer") == "accepted"]
+    assert len({line["pid"] for line in accepted}) >= 2  # more than one process took them
+    # One delivery, followed from the web's line to the worker's, by the same field.
+    web_line = next(line for line in accepted if line["delivery_id"] == last)
+    assert web_line["job_id"] == processed["job_id"] == "multi-59"
+    assert processed["answer"] == "done" and "duration_ms" in processed
+    access = [line for line in web_lines if line.get("logger") == "gunicorn.access"]
+    assert {line["path"] for line in access} >= {"/callbacks/bulk", "/metrics"}
+    everything = (tmp_path / "web.log").read_text() + (tmp_path / "worker.log").read_text()
+    assert KEY not in everything
+    assert "multi-59" in everything and '"status": "COMPLETED"' not in everything  # no bodies
