@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import errors, handlers, intake, logs, receiver
+from . import dashboard, errors, handlers, intake, logs, receiver
 from .config import Settings
 from .connection import connect, task_queue
 from .runtime import EXTENSION, Runtime
@@ -47,4 +47,5 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     errors.init_app(app)
     app.register_blueprint(receiver.bp)
+    dashboard.init_app(app, settings)
     return app

@@ -119,6 +119,7 @@ class Settings:
     redis_sentinel_password: str | None = field(default=None, repr=False)
     redis_min_replicas: int = 0
     redis_replica_wait_ms: int = DEFAULT_REDIS_REPLICA_WAIT_MS
+    dashboard_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -187,6 +188,7 @@ class Settings:
             redis_replica_wait_ms=_int(
                 env, "BULKHOOK_REDIS_REPLICA_WAIT_MS", DEFAULT_REDIS_REPLICA_WAIT_MS
             ),
+            dashboard_token=_dashboard_token(env),
         )
 
     @property
@@ -284,6 +286,20 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
     if not value.strip().isdigit():
         raise ConfigError(f"{name} must be a whole number, 0 or more, not {value!r}")
     return int(value)
+
+
+MIN_DASHBOARD_TOKEN_LENGTH = 16
+"""The dashboard can requeue and discard tasks: its token must not be guessable."""
+
+
+def _dashboard_token(env: Mapping[str, str]) -> str | None:
+    token = _secret(env, "BULKHOOK_DASHBOARD_TOKEN")
+    if token is not None and len(token) < MIN_DASHBOARD_TOKEN_LENGTH:
+        raise ConfigError(
+            f"BULKHOOK_DASHBOARD_TOKEN must be at least {MIN_DASHBOARD_TOKEN_LENGTH} characters "
+            "(try: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
 
 
 def _addresses(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]:

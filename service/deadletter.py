@@ -86,12 +86,28 @@ def purge(conn: Redis, older_than: timedelta) -> int:
         if ended is not None and ended.tzinfo is None:
             ended = ended.replace(tzinfo=UTC)
         if ended is None or ended < cutoff:
-            registry(conn).remove(job, delete_job=True)
-            conn.delete(delivery.record_key(job.id))
-            conn.zrem(delivery.INBOX_KEY, job.id)
-            conn.zrem(delivery.PENDING_KEY, job.id)
+            _remove(conn, job)
             purged += 1
     return purged
+
+
+def discard(conn: Redis, task_id: str) -> bool:
+    """Delete one dead-lettered task and its delivery's record; False if it is not there."""
+    if task_id not in registry(conn).get_job_ids():
+        return False
+    job = _fetch(conn, task_id)
+    if job is None:
+        registry(conn).remove(task_id)
+    else:
+        _remove(conn, job)
+    return True
+
+
+def _remove(conn: Redis, job: Job) -> None:
+    registry(conn).remove(job, delete_job=True)
+    conn.delete(delivery.record_key(job.id))
+    conn.zrem(delivery.INBOX_KEY, job.id)
+    conn.zrem(delivery.PENDING_KEY, job.id)
 
 
 def parse_age(text: str) -> timedelta:

@@ -14,7 +14,6 @@ are cluster-wide: every node reports the same value, so aggregate them with max(
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import cast
@@ -31,9 +30,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from redis import Redis, RedisError
 from rq import Worker
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from . import delivery, jobs
+from . import jobs, overview
 from .config import KEY_PREFIX
 from .connection import task_queue
 
@@ -122,27 +120,22 @@ class RedisCollector(Collector):
             value=counted.get("reconciler_runs", 0),
         )  # fmt: skip
 
+        counts = overview.queue_counts(conn)
         depth = GaugeMetricFamily(
             "bulkhook_queue_tasks", "Follow-up tasks by where they are in RQ.", labels=["state"]
         )
-        depth.add_metric(["queued"], queue.count)
-        depth.add_metric(["started"], StartedJobRegistry(queue=queue).count)
-        depth.add_metric(["scheduled"], ScheduledJobRegistry(queue=queue).count)
-        depth.add_metric(["dead_letter"], FailedJobRegistry(queue=queue).count)
+        for state in ("queued", "started", "scheduled", "dead_letter"):
+            depth.add_metric([state], counts[state])
         yield depth
-
-        pending = cast(
-            list[tuple[bytes, float]], conn.zrange(delivery.PENDING_KEY, 0, 0, withscores=True)
-        )
         yield GaugeMetricFamily(
             "bulkhook_pending_deliveries",
             "Accepted deliveries not processed yet.",
-            value=conn.zcard(delivery.PENDING_KEY),
+            value=counts["pending_deliveries"],
         )
         yield GaugeMetricFamily(
             "bulkhook_oldest_pending_age_seconds",
             "Age of the oldest accepted delivery not processed yet (0 when none waits).",
-            value=max(0.0, time.time() - pending[0][1]) if pending else 0.0,
+            value=counts["oldest_pending_age_seconds"],
         )
 
         states = Tally(record.get("state", "unknown") for record in jobs.recent(conn, 1000))

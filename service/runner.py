@@ -47,6 +47,8 @@ def run(
     """Supervise web and worker until a signal or a child's exit; return an exit code."""
     env = dict(os.environ)
     env["PORT"] = str(port)
+    if sys.stderr.isatty():
+        env.setdefault("BULKHOOK_LOG_FORMAT", "text")  # a person at a terminal
     embedded: EmbeddedRedis | None = None
     if not env.get("REDIS_URL", "").strip() and not env.get("REDIS_SENTINELS", "").strip():
         embedded = EmbeddedRedis(data_dir / "redis").start()
