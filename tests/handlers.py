@@ -125,3 +125,12 @@ def effect_then_die(item) -> str:
         marker.touch()
         os.kill(os.getpid(), 9)
     return result
+
+
+def fails_until_allowed(item) -> str:
+    """Fail until the file <BULKHOOK_TEST_OUTPUT>.allow exists: a task to dead-letter, then
+    requeue once the cause is fixed."""
+    if not Path(os.environ["BULKHOOK_TEST_OUTPUT"] + ".allow").exists():
+        raise RuntimeError("downstream system unavailable")
+    _append("fails_until_allowed", item)
+    return "delivered after all"

@@ -134,7 +134,9 @@ def _timeline(conn: Any, fields: dict[str, str]) -> list[tuple[str | None, str]]
         for result in reversed(task.results()):
             kind = "succeeded" if result.type == result.Type.SUCCESSFUL else "failed"
             events.append((result.created_at.isoformat(), f"attempt {kind}"))
-        events.append((None, f"task now {task.get_status()}, retries left {task.retries_left}"))
+        status = task.get_status()
+        state = getattr(status, "value", status)
+        events.append((None, f"task now {state}, retries left {task.retries_left or 0}"))
     if fields.get("started_at"):
         events.append((fields["started_at"], f"attempt {fields.get('attempts', '?')} started"))
     events.append((None, f"delivery {fields.get('state', 'unknown')}"))
@@ -160,6 +162,7 @@ def _without_query(url: str) -> str:
 
 def _local(target: str | None) -> str:
     """A redirect target inside the dashboard only (no open redirect)."""
-    if target and target.startswith("/dashboard") and not target.startswith("//"):
+    login_page = url_for("dashboard.login")
+    if target and target.startswith("/dashboard") and not target.startswith(login_page):
         return target
     return url_for("dashboard.inbox")
