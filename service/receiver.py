@@ -7,11 +7,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, jsonify, request
 from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import intake, jobs, metrics, payloads, runtime, signature
+from . import intake, jobs, metrics, openapi, payloads, runtime, signature
 from .config import KEY_PREFIX, RETRY_AFTER_SECONDS
 from .errors import answer
 from .exceptions import PayloadError, SignatureError
@@ -157,6 +157,12 @@ def _safe_headers() -> dict[str, str]:
 def healthz() -> Response:
     """The process is alive; no Redis call, so a Redis outage does not restart web nodes."""
     return answer(200, "ok", "alive")
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    """The OpenAPI document of the public endpoints."""
+    return jsonify(openapi.document())
 
 
 @bp.get("/metrics")
