@@ -40,6 +40,7 @@ logconfig_dict = logs.gunicorn_config(loglevel.upper())
 # Text mode: no query string (it carries per-job callback tokens).
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(D)sus "%(a)s"'
 
+
 def on_starting(server):
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(folder, ignore_errors=True)
