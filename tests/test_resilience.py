@@ -225,11 +225,12 @@ def test_worker_killed_after_the_effect_runs_the_handler_again_and_the_effect_st
         delivery_id = server.post(body()).json()["delivery_id"]
         wait_for(lambda: server.conn.hget(record_key(delivery_id), "state") == b"done",
                  what="the task to run again and finish")  # fmt: skip
+        dedup_key = server.conn.hget(record_key(delivery_id), "dedup_key").decode()
     finally:
         stop(worker)
         server.close()
     runs = (tmp_path / "handled.jsonl").read_text().splitlines()
     assert len(runs) == 2  # the first run's process died before its success was recorded
-    expected = idempotency_key(server.conn.hget(record_key(delivery_id), "dedup_key").decode())
+    expected = idempotency_key(dedup_key)
     assert {json.loads(run)["key"] for run in runs} == {expected}
     assert [p.name for p in (tmp_path / "handled.jsonl.effects").iterdir()] == [expected]
