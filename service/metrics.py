@@ -138,14 +138,16 @@ class RedisCollector(Collector):
             value=counts["oldest_pending_age_seconds"],
         )
 
-        states = Tally(record.get("state", "unknown") for record in jobs.recent(conn, 1000))
-        by_state = GaugeMetricFamily(
-            "bulkhook_jobs", "Bulk jobs bulkhook knows (the 1,000 latest), by state.",
-            labels=["state"],
-        )  # fmt: skip
-        for state, count in sorted(states.items()):
-            by_state.add_metric([state], count)
-        yield by_state
+        recent = jobs.recent(conn, 1000)
+        tally = Tally((r.get("state", "unknown"), r.get("status", "unknown")) for r in recent)
+        by_status = GaugeMetricFamily(
+            "bulkhook_jobs",
+            "Bulk jobs bulkhook knows (the 1,000 latest), by its state and the job's status.",
+            labels=["state", "status"],
+        )
+        for (state, status), count in sorted(tally.items()):
+            by_status.add_metric([state, status], count)
+        yield by_status
         yield GaugeMetricFamily(
             "bulkhook_workers", "RQ workers alive on bulkhook's queue.",
             value=Worker.count(queue=queue),

@@ -140,6 +140,7 @@ def _observe(seen: Seen, status_code: int, started: float) -> None:
             "status_code": status_code,
             "delivery_id": seen.delivery_id,
             "job_id": seen.job_id,
+            "source": request.remote_addr,
             "duration_ms": round(seconds * 1000, 3),
         },
     )

@@ -225,9 +225,20 @@ def test_metrics_add_up_across_gunicorn_processes_and_logs_follow_a_delivery(
     # One delivery, followed from the web's line to the worker's, by the same field.
     web_line = next(line for line in accepted if line["delivery_id"] == last)
     assert web_line["job_id"] == processed["job_id"] == "multi-59"
+    assert web_line["source"] == "127.0.0.1" and web_line["status_code"] == 202
     assert processed["answer"] == "done" and "duration_ms" in processed
     access = [line for line in web_lines if line.get("logger") == "gunicorn.access"]
     assert {line["path"] for line in access} >= {"/callbacks/bulk", "/metrics"}
     everything = (tmp_path / "web.log").read_text() + (tmp_path / "worker.log").read_text()
     assert KEY not in everything
     assert "multi-59" in everything and '"status": "COMPLETED"' not in everything  # no bodies
+
+
+def test_jobs_are_counted_by_state_and_status(client, conn) -> None:
+    from service import jobs
+
+    jobs.record_started(conn, "metrics-job-1", object_name="contacts", direction="upload",
+                        callback=None, token=None)  # fmt: skip
+    samples = scrape(client.get("/metrics").get_data(as_text=True))
+
+    assert value(samples, "bulkhook_jobs", state=jobs.OPEN, status="CREATED") == 1
