@@ -12,6 +12,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import dashboard, errors, handlers, intake, logs, receiver
+from .callbacks import CallbackApp
 from .config import Settings
 from .connection import connect, task_queue
 from .runtime import EXTENSION, Runtime
@@ -29,17 +30,18 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     handlers.load(settings.handlers)  # fail at start-up, not on the first callback
 
     app = Flask(__name__)
-    # One byte over the limit: Werkzeug stops a chunked body silently at exactly the limit,
-    # so the view needs to see one byte more to tell "at the limit" from "over it".
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1  # (callbacks.py reads its own)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     redis = connect(settings)
-    app.extensions[EXTENSION] = Runtime(
+    parts = Runtime(
         settings=settings,
         redis=redis,
         queue=task_queue(redis),
         accept_script=intake.script(redis),
     )
+    app.extensions[EXTENSION] = parts
+    # The callback paths are answered before Flask (the hot path); the rest goes on to it.
+    app.wsgi_app = CallbackApp(parts, app.wsgi_app)  # type: ignore[method-assign]
 
     if settings.trusted_proxies:
         # Take the client address (and scheme, host) from exactly that many proxies' headers.

@@ -136,9 +136,9 @@ def test_bulkhook_send_posts_a_signed_body_and_prints_the_answer(stack: Stack, t
         )
 
     first, again, wrong = send(), send(), send("--key", "wrong-key")
-    assert (first.returncode, first.stdout.splitlines()[0]) == (0, "HTTP 202 ACCEPTED")
+    assert (first.returncode, first.stdout.splitlines()[0]) == (0, "HTTP 202 Accepted")
     assert (again.returncode, json.loads(again.stdout.splitlines()[1])["status"]) == (
         0,
         "duplicate",
     )
-    assert (wrong.returncode, wrong.stdout.splitlines()[0]) == (1, "HTTP 401 UNAUTHORIZED")
+    assert (wrong.returncode, wrong.stdout.splitlines()[0]) == (1, "HTTP 401 Unauthorized")

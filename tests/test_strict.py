@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service import create_app, jobs
-from service.receiver import COUNTERS_KEY
+from service.callbacks import COUNTERS_KEY
 from service.signature import sign
 
 from .conftest import KEY, post

@@ -1,0 +1,262 @@
+"""The two callback endpoints, served as plain WSGI in front of Flask: read the raw bytes,
+verify, record, answer.
+
+They are the hot path (every sender's request) and need nothing Flask adds: no routing beyond
+two exact paths, no request or response objects, no context. Measured in-process, Flask's
+machinery was about as costly as the rest of a callback, so these two paths answer here
+and everything else (health, metrics, the dashboard) goes on to Flask. Answers have the same
+JSON shape as the rest of the service.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+from redis import RedisError
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
+
+from . import intake, jobs, metrics, payloads, signature
+from .config import KEY_PREFIX, RETRY_AFTER_SECONDS
+from .exceptions import PayloadError, SignatureError
+from .runtime import Runtime
+
+log = logging.getLogger("service.receiver")
+
+PATHS = {f"/callbacks/{kind}": kind for kind in payloads.KINDS}
+"""The exact paths served here, and the kind of callback each takes."""
+
+WEBHOOK_ID_HEADER = "Elements-Webhook-Id"
+"""Sent with event callbacks; a secondary de-dup key when the body has no eventId."""
+
+COUNTERS_KEY = f"{KEY_PREFIX}counters"
+"""Hash of counters of notable rejections, by reason."""
+
+SAFE_HEADERS = ("Content-Type", "Content-Length", "User-Agent", WEBHOOK_ID_HEADER)
+"""Headers kept with a delivery for the dashboard; never the signature, cookies or tokens."""
+
+_MAX_WEBHOOK_ID_LENGTH = 200
+
+StartResponse = Callable[..., Any]
+
+
+@dataclass
+class Seen:
+    """What became of one callback: the answer's reason and the ids, for the log and metrics."""
+
+    kind: str
+    answer: str = "accepted"
+    detail: str = ""
+    delivery_id: str | None = None
+    job_id: str | None = None
+
+
+@dataclass
+class Answer:
+    """An HTTP answer: code, the JSON document, extra headers."""
+
+    code: int
+    document: dict[str, Any]
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Incoming:
+    """One request, read straight from the WSGI environ."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.remote_addr: str | None = environ.get("REMOTE_ADDR")
+
+    def header(self, name: str) -> str | None:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        value: str | None = self.environ.get(key)
+        return value
+
+    def query(self, name: str) -> str:
+        values = parse_qs(self.environ.get("QUERY_STRING", "")).get(name)
+        return values[0] if values else ""
+
+    def body(self, limit: int) -> bytes:
+        """The raw body; RequestEntityTooLarge past `limit` bytes, chunked or not.
+
+        One byte over the limit is read: a stream cut at exactly the limit would otherwise
+        look like a body of exactly the limit (and then fail its signature).
+        """
+        stream = get_input_stream(self.environ, max_content_length=limit + 1)
+        body = stream.read()
+        if len(body) > limit:
+            raise RequestEntityTooLarge()
+        return body
+
+
+class CallbackApp:
+    """WSGI middleware: the callback paths answered here, anything else passed to `inner`."""
+
+    def __init__(self, runtime: Runtime, inner: Callable[..., Iterable[bytes]]) -> None:
+        self.runtime = runtime
+        self.inner = inner
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        kind = PATHS.get(environ.get("PATH_INFO", ""))
+        if kind is None:
+            return self.inner(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":
+            allowed = [("Allow", "POST")]
+            return _send(start_response, Answer(405, _doc("method_not_allowed",
+                         "callbacks are POSTed"), allowed))  # fmt: skip
+        started = time.perf_counter()
+        seen = Seen(kind)
+        incoming = Incoming(environ)
+        try:
+            answer = take(self.runtime, kind, incoming, seen)
+        except Exception:
+            # A bug, not bad input: logged with its traceback, answered without it.
+            log.exception("unexpected error while taking a %s callback", kind)
+            seen.answer, seen.detail = "error", "internal error"
+            answer = Answer(500, _doc("internal_server_error", "the server failed; retry later"))
+        observe(seen, answer.code, started, incoming.remote_addr)
+        return _send(start_response, answer)
+
+
+def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
+    """Take one callback: 202 queued, 200 duplicate, or a 4xx/503 that says why not."""
+    settings = parts.settings
+    # The HMAC is over the bytes on the wire, read before anything could parse them.
+    try:
+        body = incoming.body(settings.max_body_bytes)
+    except RequestEntityTooLarge:
+        seen.answer, seen.detail = "too_large", "body over BULKHOOK_MAX_BODY_BYTES"
+        detail = f"the body is larger than {settings.max_body_bytes} bytes"
+        return Answer(413, _doc("too_large", detail))
+    header = incoming.header(signature.HEADER)
+    if header is None and settings.allow_unsigned:
+        signed = False
+    else:
+        try:
+            signature.verify(header, body, settings.signature_keys)
+        except SignatureError as exc:
+            seen.answer, seen.detail = "signature", str(exc)
+            return Answer(401, _doc("unauthorized", str(exc)))
+        signed = True
+
+    webhook_id = _webhook_id(incoming)
+    try:
+        payload = payloads.parse(kind, body, webhook_id)
+    except PayloadError as exc:
+        seen.answer, seen.detail = "malformed", str(exc)
+        return Answer(400, _doc("malformed", str(exc)))
+    seen.job_id = payload.job_id
+
+    try:
+        unknown = _unknown_job(parts, payload, incoming) if settings.strict_jobs else None
+        if unknown is not None:
+            seen.answer, seen.detail = "unknown_job", unknown
+            return Answer(404, _doc("unknown_job", unknown))
+        receipt = intake.accept(
+            parts.accept_script,
+            parts.queue,
+            settings,
+            payload,
+            body,
+            signed=signed,
+            webhook_id=webhook_id,
+            remote_addr=incoming.remote_addr,
+            headers=_safe_headers(incoming),
+        )
+    except RedisError as exc:
+        seen.answer, seen.detail = "unavailable", f"redis: {exc.__class__.__name__}"
+        document = _doc("unavailable", "cannot record the callback now; retry later")
+        return Answer(503, document, [("Retry-After", str(RETRY_AFTER_SECONDS))])
+
+    seen.delivery_id = receipt.delivery_id
+    if receipt.duplicate:
+        seen.answer, seen.detail = "duplicate", payload.dedup_key
+        return Answer(200, _doc("duplicate", "already accepted; not queued again",
+                                delivery_id=receipt.delivery_id))  # fmt: skip
+    seen.detail = f"status {payload.status}" if payload.status else ""
+    return Answer(202, _doc("accepted", "recorded and queued", delivery_id=receipt.delivery_id))
+
+
+def observe(seen: Seen, status_code: int, started: float, source: str | None) -> None:
+    """One log line and the metrics for one callback."""
+    seconds = time.perf_counter() - started
+    metrics.callback_answered(seen.kind, seen.answer, seconds)
+    refused = seen.answer not in ("accepted", "duplicate")
+    if not refused:
+        level = logging.INFO
+    elif seen.answer in ("unavailable", "error"):
+        level = logging.ERROR
+    else:
+        level = logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    log.log(
+        level,
+        "%s callback %s%s",
+        seen.kind,
+        f"refused ({seen.answer})" if refused else seen.answer,
+        f": {seen.detail}" if seen.detail else "",
+        extra={
+            "kind": seen.kind,
+            "answer": seen.answer,
+            "status_code": status_code,
+            "delivery_id": seen.delivery_id,
+            "job_id": seen.job_id,
+            "source": source,
+            "duration_ms": round(seconds * 1000, 3),
+        },
+    )
+
+
+def _send(start_response: StartResponse, answer: Answer) -> list[bytes]:
+    payload = json.dumps(answer.document, separators=(",", ":")).encode() + b"\n"
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(payload))),
+        *answer.headers,
+    ]
+    start_response(f"{answer.code} {HTTPStatus(answer.code).phrase}", headers)
+    return [payload]
+
+
+def _doc(status: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"status": status, "detail": detail, **extra}
+
+
+def _unknown_job(parts: Runtime, payload: payloads.Payload, incoming: Incoming) -> str | None:
+    """In strict mode, why a bulk callback is not for a job bulkhook started (None if it is)."""
+    if payload.kind != payloads.BULK or payload.job_id is None:
+        return None
+    record = jobs.get(parts.redis, payload.job_id)
+    if record is None or record.get("started_by") != "bulkhook":
+        reason = "bulkhook did not start this job"
+    elif not hmac.compare_digest(
+        record.get("token", "").encode(), incoming.query(jobs.TOKEN_PARAMETER).encode()
+    ):
+        reason = "the callback URL's token does not match the job's"
+    else:
+        return None
+    parts.redis.hincrby(COUNTERS_KEY, "rejected_unknown_job", 1)
+    return reason
+
+
+def _webhook_id(incoming: Incoming) -> str | None:
+    value = (incoming.header(WEBHOOK_ID_HEADER) or "").strip()
+    if not value or len(value) > _MAX_WEBHOOK_ID_LENGTH:
+        return None
+    return value
+
+
+def _safe_headers(incoming: Incoming) -> dict[str, str]:
+    found = {name: incoming.header(name) for name in SAFE_HEADERS}
+    return {name: value[:200] for name, value in found.items() if value}
