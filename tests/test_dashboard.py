@@ -194,3 +194,13 @@ def test_static_files_are_served_without_the_token(dash) -> None:
     answer = dash.get("/dashboard/static/dashboard.js")
     answer.close()  # a file response: its file is open until closed
     assert answer.status_code == 200
+
+
+def test_login_page_warns_when_the_session_cookie_cannot_stick(dash) -> None:
+    plain = dash.get("/dashboard/login", base_url="http://hooks.example.com")
+    secure = dash.get("/dashboard/login", base_url="https://hooks.example.com")
+    loopback = dash.get("/dashboard/login", base_url="http://localhost:8000")
+
+    assert 'id="insecure"' in plain.get_data(as_text=True)
+    assert 'id="insecure"' not in secure.get_data(as_text=True)
+    assert 'id="insecure"' not in loopback.get_data(as_text=True)

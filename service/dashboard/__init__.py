@@ -56,7 +56,7 @@ def refused(exc: auth.Refused) -> Response:
 
 @bp.app_context_processor
 def template_helpers() -> dict[str, object]:
-    return {"csrf_token": auth.csrf_token}
+    return {"csrf_token": auth.csrf_token, "insecure": auth.cookie_will_be_dropped}
 
 
 from . import views  # noqa: E402, F401 - registers the pages on bp

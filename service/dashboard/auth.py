@@ -109,6 +109,19 @@ class Refused(Exception):
         return response
 
 
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def cookie_will_be_dropped() -> bool:
+    """Whether the browser will refuse the Secure session cookie: plain HTTP, not loopback."""
+    host = (
+        request.host.rsplit(":", 1)[0]
+        if not request.host.startswith("[")
+        else (request.host.split("]")[0] + "]")
+    )
+    return not request.is_secure and host not in _LOOPBACK_HOSTS
+
+
 def _wants_html() -> bool:
     accepted = request.accept_mimetypes
     return accepted.accept_html and accepted["text/html"] >= accepted["application/json"]
