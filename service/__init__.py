@@ -30,7 +30,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     handlers.load(settings.handlers)  # fail at start-up, not on the first callback
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1  # (callbacks.py reads its own)
+    # Bounds the bodies Flask reads (the dashboard's forms); callbacks.py enforces
+    # BULKHOOK_MAX_BODY_BYTES on callbacks itself.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     redis = connect(settings)
     parts = Runtime(

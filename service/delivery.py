@@ -36,6 +36,9 @@ INBOX_KEY = f"{KEY_PREFIX}inbox"
 PENDING_KEY = f"{KEY_PREFIX}pending"
 """Sorted set of deliveries accepted and not yet done, scored by the time they came in."""
 
+PREVIEW_BYTES = 2048
+"""How much of a processed delivery's body its record keeps (as `preview`), for people."""
+
 _TEXT_FIELDS = (
     "id",
     "kind",

@@ -16,9 +16,6 @@ log = logging.getLogger(__name__)
 
 _MAX_TEXT = 1000
 
-PREVIEW_BYTES = 2048
-"""How much of a processed delivery's body its record keeps, for the dashboard."""
-
 
 def process_delivery(delivery_id: str) -> str:
     """Take one accepted callback to its handlers.
@@ -82,7 +79,7 @@ def process_delivery(delivery_id: str) -> str:
         delivery.update(pipe, delivery_id, state=delivery.DONE, outcome=outcome[:_MAX_TEXT])
         # The body was kept only so the task could run again; the record stays a while,
         # with the start of the body for people looking at it (the dashboard).
-        preview = body[:PREVIEW_BYTES].decode("utf-8", "replace")
+        preview = body[: delivery.PREVIEW_BYTES].decode("utf-8", "replace")
         pipe.hset(delivery.record_key(delivery_id), "preview", preview)
         pipe.hdel(delivery.record_key(delivery_id), "body")
         pipe.hincrby(metrics.TASKS_KEY, "succeeded", 1)

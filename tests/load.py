@@ -1,7 +1,7 @@
 """The sender's side of the zero-loss suites: load with retries, then what must hold after.
 
-A stack under test offers `base`, `key`, `faults`, `restarts`, `effects()`, `invocations()`
-and `log_text()`; FaultStack (test_faults) and SentinelStack (test_sentinel) do.
+A stack under test offers `base`, `key`, `faults`, `restarts`, and what `Observed` reads from
+its `output` file and `logs`; FaultStack (test_faults) and SentinelStack (test_sentinel) do.
 """
 
 from __future__ import annotations
@@ -28,6 +28,28 @@ CONCURRENCY = 32
 
 Stack = Any
 """A running stack, as described above."""
+
+
+class Observed:
+    """What a stack's handlers (tests.handlers.effect_once) and processes left behind."""
+
+    output: Path
+    logs: list
+
+    def effects(self) -> Counter:
+        """Effects made, by job id: each should be there once."""
+        folder = Path(f"{self.output}.effects")
+        if not folder.exists():
+            return Counter()
+        return Counter(path.read_text() for path in folder.iterdir())
+
+    def invocations(self) -> int:
+        """Handler calls, effect or not."""
+        return len(self.output.read_text().splitlines()) if self.output.exists() else 0
+
+    def log_text(self) -> str:
+        """Every log line the stack's processes wrote."""
+        return "".join(Path(log.name).read_text(errors="replace") for log in self.logs)
 
 
 @dataclass

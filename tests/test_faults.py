@@ -15,7 +15,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 from service.embedded_redis import EmbeddedRedis, free_port
 
-from .load import check, run_load
+from .load import Observed, check, run_load
 from .processes import (
     REPO,
     children,
@@ -38,7 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 KEY = "fault-suite-key-31415"
 
 
-class FaultStack:
+class FaultStack(Observed):
     """Redis (shipped config), web (Procfile) and two workers (Procfile), supervised."""
 
     def __init__(self, tmp: Path) -> None:
@@ -107,15 +106,6 @@ class FaultStack:
         self.redis.start()
         self.faults.append("SIGKILL Redis, restart from its append-only file")
 
-    def effects(self) -> Counter:
-        folder = Path(f"{self.output}.effects")
-        if not folder.exists():
-            return Counter()
-        return Counter(path.read_text() for path in folder.iterdir())
-
-    def invocations(self) -> int:
-        return len(self.output.read_text().splitlines()) if self.output.exists() else 0
-
     def close(self) -> None:
         self.supervising = False
         self.supervisor.join()
@@ -124,9 +114,6 @@ class FaultStack:
         self.redis.stop()
         for log in self.logs:
             log.close()
-
-    def log_text(self) -> str:
-        return "".join(Path(log.name).read_text(errors="replace") for log in self.logs)
 
 
 @pytest.fixture

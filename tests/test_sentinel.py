@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from service.config import Settings
 from service.connection import connect
 from service.embedded_redis import EmbeddedRedis, find_binary, free_port
 
-from .load import Tally, check, run_load, send
+from .load import Observed, Tally, check, run_load, send
 from .processes import REPO, environment, procfile_command, stop, wait_for, wait_until_serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -74,7 +73,7 @@ class Sentinel:
         stop(self.process)
 
 
-class SentinelStack:
+class SentinelStack(Observed):
     """Primary, two replicas, three sentinels, web and worker: what test_faults' load needs."""
 
     def __init__(self, tmp: Path, handlers: str = "tests.handlers.effect_once") -> None:
@@ -137,18 +136,6 @@ class SentinelStack:
 
     def current_primary(self) -> tuple[str, int] | None:
         return self.sentinels[0].master()
-
-    def effects(self) -> Counter:
-        folder = Path(f"{self.output}.effects")
-        if not folder.exists():
-            return Counter()
-        return Counter(path.read_text() for path in folder.iterdir())
-
-    def invocations(self) -> int:
-        return len(self.output.read_text().splitlines()) if self.output.exists() else 0
-
-    def log_text(self) -> str:
-        return "".join(Path(log.name).read_text(errors="replace") for log in self.logs)
 
     def close(self) -> None:
         for process in (self.web, self.worker):

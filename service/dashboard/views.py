@@ -57,7 +57,11 @@ def delivery_page(delivery_id: str) -> str:
     if loaded is None:
         abort(404, description=f"no delivery {delivery_id} (unknown, or expired after processing)")
     fields, body = loaded
-    preview = body[:2048].decode("utf-8", "replace") if body is not None else fields.get("preview")
+    preview: str | None
+    if body is not None:
+        preview = body[: delivery.PREVIEW_BYTES].decode("utf-8", "replace")
+    else:
+        preview = fields.get("preview")
     dead = deadletter.show(conn, delivery_id)
     return render_template(
         "dashboard/delivery.html",
