@@ -278,7 +278,13 @@ def growth(target: Target, redis: EmbeddedRedis, worker: subprocess.Popen, waiti
     from service import create_app
 
     worker.terminate()
-    worker.wait(timeout=60)
+    try:
+        worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        # Seen twice in ~10 runs, never reproduced alone: say so, and go on measuring.
+        print("the worker did not stop within 60 s of SIGTERM; killed it", flush=True)
+        worker.kill()
+        worker.wait()
     conn = Redis.from_url(redis.url)
     app = create_app({"REDIS_URL": redis.url, "BULKHOOK_SIGNATURE_KEY": KEY})
     client = app.test_client()
