@@ -283,6 +283,7 @@ def growth(target: Target, redis: EmbeddedRedis, worker: subprocess.Popen, waiti
     except subprocess.TimeoutExpired:
         # Seen twice in ~10 runs, never reproduced alone: say so, and go on measuring.
         print("the worker did not stop within 60 s of SIGTERM; killed it", flush=True)
+        _dump_stacks(worker.pid)
         worker.kill()
         worker.wait()
     conn = Redis.from_url(redis.url)
@@ -311,6 +312,17 @@ def growth(target: Target, redis: EmbeddedRedis, worker: subprocess.Popen, waiti
         )
         filled = conn.llen("rq:queue:bulkhook")
     return results
+
+
+def _dump_stacks(pid: int) -> None:
+    """Print the Python stacks of a stuck process and its children (py-spy, if installed)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("(pip install py-spy to see where it hangs)", flush=True)
+        return
+    for each in [pid, *children(pid)]:
+        dump = subprocess.run([spy, "dump", "--pid", str(each)], capture_output=True, text=True)
+        print(f"--- py-spy dump of {each}\n{dump.stdout}{dump.stderr}", flush=True)
 
 
 def main() -> None:
