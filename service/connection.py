@@ -10,6 +10,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
 from redis.sentinel import Sentinel
 from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from .config import QUEUE_NAME, Settings
@@ -50,6 +52,14 @@ def connect(settings: Settings) -> Redis:
 def task_queue(conn: Redis) -> Queue:
     """Return the queue follow-up tasks go to; arguments are JSON, never pickles."""
     return Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
+
+
+def fetch_task(conn: Redis, task_id: str) -> Job | None:
+    """The RQ job of a follow-up task, or None once RQ no longer has it."""
+    try:
+        return Job.fetch(task_id, connection=conn, serializer=task_queue(conn).serializer)
+    except NoSuchJobError:
+        return None
 
 
 JITTER = 0.2

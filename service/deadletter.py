@@ -9,12 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from . import delivery
-from .connection import task_queue
+from .connection import fetch_task, task_queue
 
 
 def registry(conn: Redis) -> FailedJobRegistry:
@@ -44,7 +43,7 @@ def show(conn: Redis, task_id: str) -> dict[str, Any] | None:
     """One dead-lettered task in full: its traceback and its delivery's record (no body)."""
     if task_id not in registry(conn).get_job_ids():
         return None
-    job = _fetch(conn, task_id)
+    job = fetch_task(conn, task_id)
     if job is None:
         return None
     loaded = delivery.load(conn, task_id)
@@ -95,7 +94,7 @@ def discard(conn: Redis, task_id: str) -> bool:
     """Delete one dead-lettered task and its delivery's record; False if it is not there."""
     if task_id not in registry(conn).get_job_ids():
         return False
-    job = _fetch(conn, task_id)
+    job = fetch_task(conn, task_id)
     if job is None:
         registry(conn).remove(task_id)
     else:
@@ -122,7 +121,7 @@ def parse_age(text: str) -> timedelta:
 def _jobs(conn: Redis) -> list[Job]:
     jobs = []
     for task_id in registry(conn).get_job_ids():
-        job = _fetch(conn, task_id)
+        job = fetch_task(conn, task_id)
         if job is None:
             registry(conn).remove(task_id)  # its data expired: nothing left to retry
         else:
@@ -133,10 +132,3 @@ def _jobs(conn: Redis) -> list[Job]:
 def _traceback(job: Job) -> str:
     result = job.latest_result()
     return (result.exc_string if result is not None else None) or ""
-
-
-def _fetch(conn: Redis, task_id: str) -> Job | None:
-    try:
-        return Job.fetch(task_id, connection=conn, serializer=task_queue(conn).serializer)
-    except NoSuchJobError:
-        return None

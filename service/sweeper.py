@@ -16,14 +16,13 @@ from datetime import UTC, datetime
 from typing import cast
 
 from redis import Redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.utils import parse_composite_key
 
 from . import delivery
 from .config import Settings
-from .connection import task_queue
+from .connection import fetch_task, task_queue
 from .delivery import PENDING_KEY
 from .intake import TASK, task_options
 
@@ -68,9 +67,8 @@ def sweep(conn: Redis, settings: Settings) -> list[str]:
 
 def _held(conn: Redis, task_id: str, cutoff: float, running: set[str]) -> bool:
     """Whether RQ still has the task somewhere it will come out of by itself."""
-    try:
-        job = Job.fetch(task_id, connection=conn, serializer=task_queue(conn).serializer)
-    except NoSuchJobError:
+    job = fetch_task(conn, task_id)
+    if job is None:
         return False
     moments = [job.enqueued_at, job.started_at, job.ended_at, job.last_heartbeat]
     if any(m is not None and _timestamp(m) > cutoff for m in moments):

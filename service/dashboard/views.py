@@ -8,10 +8,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from flask import Response, abort, redirect, render_template, request, url_for
 from rq import Worker
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
 
 from .. import deadletter, delivery, jobs, overview, runtime
+from ..connection import fetch_task
 from . import auth, bp
 
 _FILTERS = ("kind", "state", "q")
@@ -127,11 +126,7 @@ def _matches(record: dict[str, str], chosen: dict[str, str]) -> bool:
 def _timeline(conn: Any, fields: dict[str, str]) -> list[tuple[str | None, str]]:
     """What happened to a delivery, in order: from its record and from its RQ task."""
     events: list[tuple[str | None, str]] = [(fields.get("received_at"), "received, answered 202")]
-    try:
-        serializer = runtime.current().queue.serializer
-        task = Job.fetch(fields["id"], connection=conn, serializer=serializer)
-    except NoSuchJobError:
-        task = None
+    task = fetch_task(conn, fields["id"])
     if task is not None:
         if task.enqueued_at:
             events.append((task.enqueued_at.isoformat(), "task queued"))
