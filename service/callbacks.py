@@ -111,9 +111,9 @@ class CallbackApp:
         if kind is None:
             return self.inner(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
-            allowed = [("Allow", "POST")]
-            return _send(start_response, Answer(405, _doc("method_not_allowed",
-                         "callbacks are POSTed"), allowed))  # fmt: skip
+            answer = reply(405, "method_not_allowed", "callbacks are POSTed",
+                           headers=[("Allow", "POST")])  # fmt: skip
+            return _send(start_response, answer)
         started = time.perf_counter()
         seen = Seen(kind)
         incoming = Incoming(environ)
@@ -123,7 +123,7 @@ class CallbackApp:
             # A bug, not bad input: logged with its traceback, answered without it.
             log.exception("unexpected error while taking a %s callback", kind)
             seen.answer, seen.detail = "error", "internal error"
-            answer = Answer(500, _doc("internal_server_error", "the server failed; retry later"))
+            answer = reply(500, "internal_server_error", "the server failed; retry later")
         observe(seen, answer.code, started, incoming.remote_addr)
         return _send(start_response, answer)
 
@@ -137,7 +137,7 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
     except RequestEntityTooLarge:
         seen.answer, seen.detail = "too_large", "body over BULKHOOK_MAX_BODY_BYTES"
         detail = f"the body is larger than {settings.max_body_bytes} bytes"
-        return Answer(413, _doc("too_large", detail))
+        return reply(413, "too_large", detail)
     header = incoming.header(signature.HEADER)
     if header is None and settings.allow_unsigned:
         signed = False
@@ -146,7 +146,7 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
             signature.verify(header, body, settings.signature_keys)
         except SignatureError as exc:
             seen.answer, seen.detail = "signature", str(exc)
-            return Answer(401, _doc("unauthorized", str(exc)))
+            return reply(401, "unauthorized", str(exc))
         signed = True
 
     webhook_id = _webhook_id(incoming)
@@ -154,14 +154,14 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
         payload = payloads.parse(kind, body, webhook_id)
     except PayloadError as exc:
         seen.answer, seen.detail = "malformed", str(exc)
-        return Answer(400, _doc("malformed", str(exc)))
+        return reply(400, "malformed", str(exc))
     seen.job_id = payload.job_id
 
     try:
         unknown = _unknown_job(parts, payload, incoming) if settings.strict_jobs else None
         if unknown is not None:
             seen.answer, seen.detail = "unknown_job", unknown
-            return Answer(404, _doc("unknown_job", unknown))
+            return reply(404, "unknown_job", unknown)
         receipt = intake.accept(
             parts.accept_script,
             parts.queue,
@@ -175,16 +175,16 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
         )
     except RedisError as exc:
         seen.answer, seen.detail = "unavailable", f"redis: {exc.__class__.__name__}"
-        document = _doc("unavailable", "cannot record the callback now; retry later")
-        return Answer(503, document, [("Retry-After", str(RETRY_AFTER_SECONDS))])
+        return reply(503, "unavailable", "cannot record the callback now; retry later",
+                     headers=[("Retry-After", str(RETRY_AFTER_SECONDS))])  # fmt: skip
 
     seen.delivery_id = receipt.delivery_id
     if receipt.duplicate:
         seen.answer, seen.detail = "duplicate", payload.dedup_key
-        return Answer(200, _doc("duplicate", "already accepted; not queued again",
-                                delivery_id=receipt.delivery_id))  # fmt: skip
+        return reply(200, "duplicate", "already accepted; not queued again",
+                     delivery_id=receipt.delivery_id)  # fmt: skip
     seen.detail = f"status {payload.status}" if payload.status else ""
-    return Answer(202, _doc("accepted", "recorded and queued", delivery_id=receipt.delivery_id))
+    return reply(202, "accepted", "recorded and queued", delivery_id=receipt.delivery_id)
 
 
 def observe(seen: Seen, status_code: int, started: float, source: str | None) -> None:
@@ -229,8 +229,16 @@ def _send(start_response: StartResponse, answer: Answer) -> list[bytes]:
     return [payload]
 
 
-def _doc(status: str, detail: str, **extra: Any) -> dict[str, Any]:
-    return {"status": status, "detail": detail, **extra}
+def reply(
+    code: int,
+    status: str,
+    detail: str,
+    *,
+    headers: list[tuple[str, str]] | None = None,
+    **extra: Any,
+) -> Answer:
+    """An answer in the service's JSON shape, as errors.answer builds it for Flask's views."""
+    return Answer(code, {"status": status, "detail": detail, **extra}, headers or [])
 
 
 def _unknown_job(parts: Runtime, payload: payloads.Payload, incoming: Incoming) -> str | None:
