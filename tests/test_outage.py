@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +15,12 @@ from rq.serializers import JSONSerializer
 
 from service import create_app
 from service.config import QUEUE_NAME, RETRY_AFTER_SECONDS
+from service.delivery import record_key
 from service.embedded_redis import EmbeddedRedis
 
 from .conftest import BULK_BODY, EVENTS_BODY, KEY, post
+from .handlers import read
+from .processes import REPO, environment, procfile_command, stop, wait_for
 
 
 @pytest.fixture
@@ -114,3 +118,39 @@ def test_write_no_replica_confirmed_gets_503_and_the_retry_is_a_duplicate(own_re
     assert first.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
     assert again.status_code == 200
     assert again.get_json()["status"] == "duplicate"
+
+
+@pytest.mark.slow
+def test_worker_started_while_redis_is_down_waits_for_it_and_then_works(
+    own_redis, tmp_path: Path
+) -> None:
+    """RQ's worker gives up when Redis fails it while starting; `bulkhook worker` starts it
+    again with backoff instead of exiting, so no supervisor is needed to bring it back."""
+    own_redis.stop()
+    output = tmp_path / "handled.jsonl"
+    log_path = tmp_path / "worker.log"
+    env = environment(REDIS_URL=own_redis.url, BULKHOOK_SIGNATURE_KEY=KEY,
+                      BULKHOOK_HANDLERS="tests.handlers.record", BULKHOOK_TEST_OUTPUT=str(output),
+                      BULKHOOK_REDIS_TIMEOUT_SECONDS="0.5", BULKHOOK_LOG_FORMAT="text")  # fmt: skip
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(procfile_command("worker"), cwd=REPO, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            wait_for(lambda: log_path.read_text().count("starting it again") >= 2, 30,
+                     "two failed starts")  # fmt: skip
+            assert worker.poll() is None, log_path.read_text()[-3000:]
+
+            own_redis.start()
+            client = create_app(
+                {"REDIS_URL": own_redis.url, "BULKHOOK_SIGNATURE_KEY": KEY}
+            ).test_client()
+            delivery_id = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+
+            conn = Redis.from_url(own_redis.url)
+            wait_for(lambda: conn.hget(record_key(delivery_id), "state") == b"done", 60,
+                     "the restarted worker to process the delivery")  # fmt: skip
+            assert [line["id"] for line in read(output)] == [delivery_id]
+            conn.close()
+        finally:
+            code = stop(worker)
+    assert code == 0, log_path.read_text()[-3000:]

@@ -114,13 +114,18 @@ def test_both_worker_classes_process_deliveries(
     from service.config import Settings
 
     monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record")
+    # SimpleWorker is not a Worker subclass: isinstance tells the two apart.
     for name, expected in (("simple", SimpleWorker), ("fork", Worker)):
         body = json.dumps({"id": f"class-{name}", "status": "COMPLETED"}).encode()
         delivery_id = post(client, "bulk", body).get_json()["delivery_id"]
         settings = Settings.from_env({"REDIS_URL": redis_url, "BULKHOOK_WORKER_CLASS": name,
-                                      "BULKHOOK_HANDLERS": "tests.handlers.record"})  # fmt: skip
+                                      "BULKHOOK_HANDLERS": "tests.handlers.record",
+                                      "BULKHOOK_WORKER_MONITOR_SECONDS": "7",
+                                      "BULKHOOK_WORKER_MAINTENANCE_SECONDS": "9"})  # fmt: skip
         built = worker.build(settings)
-        assert type(built) is expected
+        assert isinstance(built, expected)
+        assert (built.job_monitoring_interval, built.maintenance_interval) == (7, 9)
+        assert built.dequeue_timeout == 9  # an idle worker wakes for its maintenance
         built.work(burst=True)
         assert conn.hget(record_key(delivery_id), "state") == b"done"
     assert [line["job_id"] for line in read(handler_output)] == ["class-simple", "class-fork"]
