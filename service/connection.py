@@ -69,8 +69,19 @@ JITTER = 0.2
 
 def task_retry(settings: Settings) -> Retry | None:
     """The retry policy of one follow-up task: BULKHOOK_RETRY_INTERVALS, jittered."""
-    intervals = [
-        round(seconds * random.uniform(1 - JITTER, 1 + JITTER))
-        for seconds in settings.retry_intervals
-    ]
+    intervals = _jittered(settings.retry_intervals)
     return Retry(max=len(intervals), interval=intervals) if intervals else None
+
+
+def later_retry(settings: Settings) -> tuple[int, Retry | None]:
+    """For a task whose first attempt already failed (in a drain): the delay before its
+    second attempt, and the retries left after that one."""
+    intervals = _jittered(settings.retry_intervals)
+    if not intervals:
+        return 0, None
+    rest = intervals[1:]
+    return intervals[0], Retry(max=len(rest), interval=rest) if rest else None
+
+
+def _jittered(seconds: tuple[int, ...]) -> list[int]:
+    return [round(s * random.uniform(1 - JITTER, 1 + JITTER)) for s in seconds]

@@ -12,7 +12,7 @@ from redis import Redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from . import delivery
+from . import delivery, drain
 from .connection import fetch_task, task_queue
 
 
@@ -73,7 +73,7 @@ def requeue(conn: Redis, task_id: str) -> bool:
 
 def requeue_all(conn: Redis) -> int:
     """Requeue every dead-lettered task; return how many."""
-    return sum(requeue(conn, task_id) for task_id in registry(conn).get_job_ids())
+    return sum(requeue(conn, job.id) for job in _jobs(conn))
 
 
 def purge(conn: Redis, older_than: timedelta) -> int:
@@ -124,6 +124,10 @@ def _jobs(conn: Redis) -> list[Job]:
         job = fetch_task(conn, task_id)
         if job is None:
             registry(conn).remove(task_id)  # its data expired: nothing left to retry
+        elif job.func_name == drain.TASK:
+            # A drain whose worker died: nothing of its own to retry; the sweeper queues the
+            # deliveries it had taken again.
+            registry(conn).remove(job, delete_job=True)
         else:
             jobs.append(job)
     return jobs

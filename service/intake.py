@@ -1,9 +1,10 @@
-"""Intake: record a verified callback and queue its follow-up task, atomically, or not at all.
+"""Intake: record a verified callback and queue its follow-up, atomically, or not at all.
 
 One Lua script does it in one round trip: if the de-dup key is already set it answers with
 the earlier delivery's id and writes nothing; otherwise it sets the key, writes the record,
-indexes it (inbox, pending) and enqueues the RQ job. Redis runs a script whole or not at
-all, so there is no "seen but not queued". The RQ job's fields come from RQ itself
+indexes it (inbox, pending), appends its id to the drain's list and, when no drain task is
+waiting, queues one (`drain.py` says why). Redis runs a script whole or not at all, so there
+is no "seen but not queued". The drain task's RQ fields come from RQ itself
 (`Queue.create_job`, `Job.to_dict`): the script only writes them where RQ's own enqueue
 would (the job hash, the queue list, the set of queues).
 """
@@ -19,9 +20,8 @@ from typing import Any, cast
 from redis import Redis, RedisError
 from redis.commands.core import Script
 from rq import Queue
-from rq.job import JobStatus
 
-from . import delivery
+from . import delivery, drain
 from .config import TASK_TIMEOUT_SECONDS, Settings
 from .connection import task_retry
 from .payloads import Payload
@@ -33,18 +33,21 @@ _ACCEPT = """
 local earlier = redis.call('GET', KEYS[1])
 if earlier then return earlier end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-local record_count = tonumber(ARGV[5])
+local record_count = tonumber(ARGV[7])
 local record = {}
-for i = 1, record_count * 2 do record[i] = ARGV[5 + i] end
+for i = 1, record_count * 2 do record[i] = ARGV[7 + i] end
 redis.call('HSET', KEYS[2], unpack(record))
-local job = {}
-for i = 6 + record_count * 2, #ARGV do job[#job + 1] = ARGV[i] end
-redis.call('HSET', KEYS[5], unpack(job))
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[3]) - 1)
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-redis.call('RPUSH', KEYS[6], ARGV[1])
-redis.call('SADD', KEYS[7], KEYS[6])
+redis.call('RPUSH', KEYS[5], ARGV[1])
+if redis.call('SET', KEYS[6], ARGV[5], 'NX', 'EX', ARGV[6]) then
+  local job = {}
+  for i = 8 + record_count * 2, #ARGV do job[#job + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[7], unpack(job))
+  redis.call('RPUSH', KEYS[8], ARGV[5])
+  redis.call('SADD', KEYS[9], KEYS[8])
+end
 return false
 """
 
@@ -69,7 +72,7 @@ def accept(
     remote_addr: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Receipt:
-    """Record the delivery and enqueue its task; return the earlier delivery if a duplicate.
+    """Record the delivery and queue it for a drain; return the earlier delivery if a duplicate.
 
     Raises redis.RedisError when Redis cannot take it: then nothing was written.
     """
@@ -85,26 +88,38 @@ def accept(
         body=body,
         headers=headers,
     )
-    job = _job_fields(queue, settings, delivery_id, payload)
+    drain_id = drain.task_id(delivery_id)
     keys = [
         delivery.seen_key(payload.dedup_key),
         delivery.record_key(delivery_id),
         delivery.INBOX_KEY,
         delivery.PENDING_KEY,
-        queue.job_class.key_for(delivery_id),
+        drain.READY_KEY,
+        drain.FLAG_KEY,
+        queue.job_class.key_for(drain_id),
         queue.key,
         queue.redis_queues_keys,
     ]
-    args: list[Any] = [delivery_id, settings.dedup_ttl_seconds, settings.inbox_size, received]
-    args.append(len(record))
+    args: list[Any] = [delivery_id, settings.dedup_ttl_seconds, settings.inbox_size, received,
+                       drain_id, drain.FLAG_TTL_SECONDS, len(record)]  # fmt: skip
     for name, value in record.items():
         args += [name, value]
-    for name, value in job.items():
+    for name, value in drain.job_fields(_drain_template(queue)).items():
         args += [name, value]
     earlier = _run(accept_script, keys, args, settings)
     if earlier is not None:
         return Receipt(delivery_id=earlier.decode(), duplicate=True)
     return Receipt(delivery_id=delivery_id, duplicate=False)
+
+
+_templates: dict[str, dict[str, Any]] = {}
+
+
+def _drain_template(queue: Queue) -> dict[str, Any]:
+    """The drain task's RQ fields for `queue`, built on first use in this process."""
+    if queue.key not in _templates:
+        _templates[queue.key] = drain.job_template(queue)
+    return _templates[queue.key]
 
 
 class NotReplicated(RedisError):
@@ -133,7 +148,8 @@ def _run(accept_script: Script, keys: list[Any], args: list[Any], settings: Sett
 def task_options(
     settings: Settings, delivery_id: str, kind: str | None, subject: str | None
 ) -> dict[str, Any]:
-    """How a delivery's follow-up task is queued, first by the intake or again by the sweeper."""
+    """How one delivery becomes an RQ task of its own: after a drain's attempt failed, or
+    when the sweeper queues it again."""
     return {
         "args": (delivery_id,),
         "job_id": delivery_id,
@@ -146,16 +162,3 @@ def task_options(
 def script(conn: Redis) -> Script:
     """The intake script bound to `conn`; made once per process (create_app), not per request."""
     return conn.register_script(_ACCEPT)
-
-
-def _job_fields(
-    queue: Queue, settings: Settings, delivery_id: str, payload: Payload
-) -> dict[str, Any]:
-    """The RQ job hash exactly as RQ's own enqueue would write it."""
-    subject = payload.job_id or payload.dedup_key
-    job = queue.create_job(
-        TASK, **task_options(settings, delivery_id, payload.kind, subject), status=JobStatus.QUEUED
-    )
-    # What Queue.enqueue_job does before saving: origin, enqueued_at, timeout, status.
-    queue._prepare_for_queue(job)
-    return job.to_dict()

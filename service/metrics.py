@@ -122,9 +122,11 @@ class RedisCollector(Collector):
 
         counts = overview.queue_counts(conn)
         depth = GaugeMetricFamily(
-            "bulkhook_queue_tasks", "Follow-up tasks by where they are in RQ.", labels=["state"]
+            "bulkhook_queue_tasks",
+            "Follow-up work by where it is: deliveries ready for a drain, RQ tasks by registry.",
+            labels=["state"],
         )
-        for state in ("queued", "started", "scheduled", "dead_letter"):
+        for state in ("ready", "queued", "started", "scheduled", "dead_letter"):
             depth.add_metric([state], counts[state])
         yield depth
         yield GaugeMetricFamily(

@@ -8,17 +8,19 @@ from typing import cast
 from redis import Redis
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from . import delivery
+from . import delivery, drain
 from .connection import task_queue
 
 
 def queue_counts(conn: Redis) -> dict[str, float]:
-    """Tasks by where they are in RQ, deliveries waiting, and how long the oldest has waited."""
+    """Deliveries waiting for a drain (ready), tasks by where they are in RQ, deliveries not
+    done yet, and how long the oldest has waited."""
     queue = task_queue(conn)
     oldest = cast(
         list[tuple[bytes, float]], conn.zrange(delivery.PENDING_KEY, 0, 0, withscores=True)
     )
     return {
+        "ready": drain.waiting(conn),
         "queued": queue.count,
         "started": StartedJobRegistry(queue=queue).count,
         "scheduled": ScheduledJobRegistry(queue=queue).count,

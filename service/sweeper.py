@@ -6,6 +6,10 @@ right after taking it; one left in the started registry with status "queued", wh
 clean-up drops; a retry whose time passed while no scheduler ran; and a worker killed while
 holding RQ's registry-cleaning lock, which stops RQ's own clean-up for 15 minutes. bulkhook
 keeps its own set of deliveries not yet done, so it can tell, and act.
+
+Most deliveries never have an RQ task of their own: a drain takes them (`drain.py`). One
+waiting in the drain's list is held; one taken by a drain that no longer runs is lost. The
+sweeper also queues a drain when deliveries wait and no drain task is queued.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.utils import parse_composite_key
 
-from . import delivery
+from . import delivery, drain
 from .config import Settings
 from .connection import fetch_task, task_queue
 from .delivery import PENDING_KEY
@@ -37,6 +41,8 @@ def sweep(conn: Redis, settings: Settings) -> list[str]:
     queue = task_queue(conn)
     # Abandoned started tasks first, by RQ's own rule (retried, or failed when out of retries).
     StartedJobRegistry(queue=queue).cleanup()
+    if drain.ensure(conn, queue):
+        log.warning("sweeper queued a drain: deliveries were waiting and none was queued")
     cutoff = time.time() - settings.sweep_after_seconds
     candidates = cast(
         list[bytes], conn.zrangebyscore(PENDING_KEY, "-inf", cutoff, start=0, num=BATCH)
@@ -51,9 +57,9 @@ def sweep(conn: Redis, settings: Settings) -> list[str]:
         if loaded is None or loaded[0].get("state") == delivery.DONE:
             conn.zrem(PENDING_KEY, delivery_id)
             continue
-        if _held(conn, delivery_id, cutoff, running):
-            continue
         fields = loaded[0]
+        if _held(conn, fields, cutoff, running):
+            continue
         # Take it out of wherever RQ left it, so RQ cannot also run it from there.
         conn.lrem(queue.intermediate_queue_key, 0, delivery_id)
         conn.zrem(queue.scheduled_job_registry.key, delivery_id)
@@ -65,11 +71,19 @@ def sweep(conn: Redis, settings: Settings) -> list[str]:
     return requeued
 
 
-def _held(conn: Redis, task_id: str, cutoff: float, running: set[str]) -> bool:
-    """Whether RQ still has the task somewhere it will come out of by itself."""
+def _held(conn: Redis, fields: dict[str, str], cutoff: float, running: set[str]) -> bool:
+    """Whether a drain or RQ still has the delivery somewhere it will come out of by itself."""
+    task_id = fields["id"]
     job = fetch_task(conn, task_id)
     if job is None:
-        return False
+        taken_by = fields.get("taken_by")
+        if taken_by is None:
+            # In the drain's list (intake put it there; only a drain takes it out), or
+            # dead-lettered and its RQ task since expired: left for a person either way.
+            return True
+        if float(fields.get("taken_at", "0")) > cutoff:
+            return True  # taken recently, maybe by a drain that started after `running` was read
+        return taken_by in running  # the drain that took it is still at work
     moments = [job.enqueued_at, job.started_at, job.ended_at, job.last_heartbeat]
     if any(m is not None and _timestamp(m) > cutoff for m in moments):
         return True  # moved recently: it may be between two places right now

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 from redis import Redis
-from rq import get_current_job
+from rq import Queue, get_current_job
 
 from . import delivery, handlers, metrics, pipeline
+from . import drain as drainer
 from .config import Settings
+from .connection import later_retry, task_queue
+from .intake import TASK, task_options
 from .payloads import BULK
 
 log = logging.getLogger(__name__)
@@ -18,12 +22,10 @@ _MAX_TEXT = 1000
 
 
 def process_delivery(delivery_id: str) -> str:
-    """Take one accepted callback to its handlers.
+    """Take one accepted callback to its handlers, as an RQ task of its own.
 
-    A bulk callback, when the Open Connectors API is configured, only hints that its job
-    changed: the job pipeline re-reads it and runs the handlers on the job's outcome.
-    Otherwise (event notifications, or no API) the handlers get the delivery itself, and
-    handlers that succeeded on an earlier attempt are not run again.
+    Deliveries are first taken by a drain (`drain` below); this task runs one whose attempt
+    in the drain failed (with RQ's retries), or one the sweeper queued again.
     """
     job = get_current_job()
     if job is None:
@@ -36,20 +38,68 @@ def process_delivery(delivery_id: str) -> str:
         log.warning("delivery %s has no record; nothing to do", delivery_id)
         return "no record"
     fields, body = loaded
-    ids = {"delivery_id": delivery_id, "job_id": fields.get("job_id"), "kind": fields.get("kind")}
     if fields.get("state") == delivery.DONE or body is None:
+        ids = {"delivery_id": delivery_id, "job_id": fields.get("job_id")}
         log.info("delivery %s was already processed", delivery_id, extra=ids)
         return "already done"
-    started = time.perf_counter()
-
     attempts = int(fields.get("attempts", "0")) + 1
-    delivery.update(
-        conn,
-        delivery_id,
-        state=delivery.PROCESSING,
-        attempts=attempts,
-        started_at=delivery.now_iso(),
-    )
+    delivery.update(conn, delivery_id, state=delivery.PROCESSING, attempts=attempts)
+    _attempt(conn, settings, fields, body, attempts, final=not job.retries_left)
+    return "done"
+
+
+def drain() -> str:
+    """Run the handlers of waiting deliveries, many per RQ task (`service/drain.py`).
+
+    A delivery whose attempt fails becomes an RQ task of its own (`process_delivery`), with
+    the rest of its retries; the others are not held up by it.
+    """
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("drain runs inside an RQ worker")
+    conn = job.connection
+    settings = Settings.from_env()
+    queue = task_queue(conn)
+    drainer.release(conn, job.id)
+    if drainer.waiting(conn) > drainer.BATCH:
+        drainer.ensure(conn, queue)  # a backlog: let another worker drain beside us
+    deadline = time.monotonic() + drainer.BUDGET_SECONDS
+    done = handed = 0
+    while taken := drainer.take(conn, job.id, drainer.BATCH):
+        for delivery_id, fields, body in taken:
+            try:
+                _attempt(conn, settings, fields, body, int(fields["attempts"]), final=False)
+                done += 1
+            except Exception:
+                _hand_to_rq(queue, settings, delivery_id, fields)
+                handed += 1
+        if time.monotonic() > deadline:
+            drainer.ensure(conn, queue)
+            break
+    return f"{done} done, {handed} handed to RQ"
+
+
+def _hand_to_rq(queue: Queue, settings: Settings, delivery_id: str, fields: dict) -> None:
+    """Make a delivery whose drain attempt failed an RQ task with its remaining retries."""
+    delay, retry = later_retry(settings)
+    subject = fields.get("job_id") or fields.get("dedup_key")
+    options = {**task_options(settings, delivery_id, fields.get("kind"), subject), "retry": retry}
+    if delay:
+        queue.enqueue_in(timedelta(seconds=delay), TASK, **options)
+    else:
+        queue.enqueue_call(TASK, **options)
+
+
+def _attempt(
+    conn: Redis, settings: Settings, fields: dict[str, str], body: bytes, attempts: int,
+    *, final: bool,
+) -> None:  # fmt: skip
+    """One attempt at a delivery marked processing: run it, record the outcome; raise if it
+    failed (after recording it as queued for a retry, or failed when `final`)."""
+    delivery_id = fields["id"]
+    ids = {"delivery_id": delivery_id, "job_id": fields.get("job_id"), "kind": fields.get("kind")}
+    started_at = delivery.now_iso()
+    started = time.perf_counter()
     view = delivery.to_delivery(fields, body)
     try:
         if view.kind == BULK and view.job_id and settings.api_configured:
@@ -57,11 +107,11 @@ def process_delivery(delivery_id: str) -> str:
         else:
             outcome = _run_handlers(conn, settings, fields, view)
     except Exception as exc:
-        final = not job.retries_left
         delivery.update(
             conn,
             delivery_id,
             state=delivery.FAILED if final else delivery.QUEUED,
+            started_at=started_at,
             last_error=_describe(exc)[:_MAX_TEXT],
         )
         metrics.count_task(conn, "dead_lettered" if final else "retried")
@@ -76,14 +126,15 @@ def process_delivery(delivery_id: str) -> str:
         raise
 
     with conn.pipeline() as pipe:
-        delivery.update(pipe, delivery_id, state=delivery.DONE, outcome=outcome[:_MAX_TEXT])
+        record = delivery.record_key(delivery_id)
+        delivery.update(pipe, delivery_id, state=delivery.DONE, outcome=outcome[:_MAX_TEXT],
+                        started_at=started_at)  # fmt: skip
         # The body was kept only so the task could run again; the record stays a while,
         # with the start of the body for people looking at it (the dashboard).
-        preview = body[: delivery.PREVIEW_BYTES].decode("utf-8", "replace")
-        pipe.hset(delivery.record_key(delivery_id), "preview", preview)
-        pipe.hdel(delivery.record_key(delivery_id), "body")
+        pipe.hset(record, "preview", body[: delivery.PREVIEW_BYTES].decode("utf-8", "replace"))
+        pipe.hdel(record, "body")
         pipe.hincrby(metrics.TASKS_KEY, "succeeded", 1)
-        pipe.expire(delivery.record_key(delivery_id), settings.dedup_ttl_seconds)
+        pipe.expire(record, settings.dedup_ttl_seconds)
         pipe.zrem(delivery.PENDING_KEY, delivery_id)
         pipe.execute()
     log.info(
@@ -93,7 +144,6 @@ def process_delivery(delivery_id: str) -> str:
         outcome,
         extra={**ids, "attempt": attempts, "answer": "done", **_took(started)},
     )
-    return "done"
 
 
 def _took(started: float) -> dict[str, float]:

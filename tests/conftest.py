@@ -19,6 +19,9 @@ from service.signature import sign
 KEY = "test-signature-key"
 """The signature key the app under test is configured with."""
 
+RETRY_INTERVALS = "0,0"
+"""Two retries, at once: a failing delivery's whole life fits in one burst of a worker."""
+
 BULK_BODY = b'{"id": "42114492", "status": "COMPLETED", "fileFormat": "csv", "instanceId": 425904}'
 """A bulk callback as Open Connectors sends it (keys seen in vendor code)."""
 
@@ -36,6 +39,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("BULKHOOK_", "REDIS_URL", "RQ_")):
             monkeypatch.delenv(name)
+    # Workers read their settings from the environment: the retry policy of `config` below.
+    monkeypatch.setenv("BULKHOOK_RETRY_INTERVALS", RETRY_INTERVALS)
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +72,7 @@ def config(redis_url: str) -> dict[str, str]:
     return {
         "REDIS_URL": redis_url,
         "BULKHOOK_SIGNATURE_KEY": KEY,
-        "BULKHOOK_RETRY_INTERVALS": "0,0",
+        "BULKHOOK_RETRY_INTERVALS": RETRY_INTERVALS,
     }
 
 

@@ -144,7 +144,7 @@ def test_delivery_page_shows_headers_body_and_timeline_but_no_secret(dash, clien
     assert "42114492" in done and "COMPLETED" in done  # the body preview, kept after processing
     assert "application/json" in done  # Content-Type, from the safe headers
     assert "sha256=" not in done  # the signature header is never shown
-    assert "task queued" in done and "attempt succeeded" in done and "delivery done" in done
+    assert "taken by drain-" in done and "attempt 1 started" in done and "delivery done" in done
 
 
 def test_missing_delivery_is_a_404(dash) -> None:
@@ -186,7 +186,8 @@ def test_jobs_page_hides_callback_tokens(dash, conn) -> None:
 def test_queues_page_shows_counts_and_workers(dash, client) -> None:
     post(client, "bulk", BULK_BODY)
     page = dash.get("/dashboard/queues", headers=bearer()).get_data(as_text=True)
-    assert re.search(r"<dt>Queued</dt><dd>1</dd>", page)
+    assert re.search(r"<dt>Ready for a drain</dt><dd>1</dd>", page)
+    assert re.search(r"<dt>Queued tasks</dt><dd>1</dd>", page)  # the drain task
     assert "No worker is running" in page
 
 

@@ -90,10 +90,12 @@ def test_worker_figures_come_from_redis(client, conn) -> None:
     done = scrape(client.get("/metrics").get_data(as_text=True))
 
     assert value(waiting, "bulkhook_redis_up") == 1
-    assert value(waiting, "bulkhook_queue_tasks", state="queued") == 1
+    assert value(waiting, "bulkhook_queue_tasks", state="ready") == 1  # the delivery
+    assert value(waiting, "bulkhook_queue_tasks", state="queued") == 1  # the drain task
     assert value(waiting, "bulkhook_pending_deliveries") == 1
     assert value(waiting, "bulkhook_oldest_pending_age_seconds") > 0
     assert value(done, "bulkhook_queue_tasks", state="queued") == 0
+    assert value(done, "bulkhook_queue_tasks", state="ready") == 0
     assert value(done, "bulkhook_pending_deliveries") == 0
     assert value(done, "bulkhook_oldest_pending_age_seconds") == 0
     succeeded = value(done, "bulkhook_tasks_total", outcome="succeeded")
@@ -105,6 +107,7 @@ def test_failed_tasks_are_counted_as_retried_then_dead_lettered(config, conn, mo
 
     monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.always_fails")  # the worker's
     config["BULKHOOK_RETRY_INTERVALS"] = "0"  # one retry, at once
+    monkeypatch.setenv("BULKHOOK_RETRY_INTERVALS", "0")  # the worker's
     client = create_app(config).test_client()
     post(client, "bulk", BULK_BODY)
 

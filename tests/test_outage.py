@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 from service import create_app
 from service.config import QUEUE_NAME, RETRY_AFTER_SECONDS
 from service.delivery import record_key
+from service.drain import READY_KEY
 from service.embedded_redis import EmbeddedRedis
 
 from .conftest import BULK_BODY, EVENTS_BODY, KEY, post
@@ -97,8 +98,9 @@ def test_hanging_redis_gets_503_instead_of_a_hung_request(own_redis, outage_clie
     # Whatever reached Redis before the timeout, the sender's retry is taken exactly once.
     retried = post(outage_client, "bulk", BULK_BODY)
     assert retried.status_code in (200, 202)
-    queue = Queue(QUEUE_NAME, connection=Redis.from_url(own_redis.url), serializer=JSONSerializer)
-    assert queue.count == 1
+    conn = Redis.from_url(own_redis.url)
+    assert conn.llen(READY_KEY) == 1
+    assert Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer).count == 1  # one drain
 
 
 def test_write_no_replica_confirmed_gets_503_and_the_retry_is_a_duplicate(own_redis) -> None:

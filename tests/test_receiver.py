@@ -13,18 +13,25 @@ from rq.serializers import JSONSerializer
 from service import create_app
 from service.config import QUEUE_NAME
 from service.delivery import INBOX_KEY, record_key
+from service.drain import READY_KEY
 from service.signature import sign
 
 from .conftest import BULK_BODY, EVENTS_BODY, KEY, post
 
 
 def queued_ids(conn: Redis) -> list[str]:
+    """Deliveries waiting for a drain, oldest first."""
+    return [i.decode() for i in conn.lrange(READY_KEY, 0, -1)]
+
+
+def task_ids(conn: Redis) -> list[str]:
     return Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer).get_job_ids()
 
 
 def assert_nothing_recorded(conn: Redis) -> None:
     assert conn.zcard(INBOX_KEY) == 0
     assert queued_ids(conn) == []
+    assert task_ids(conn) == []
     assert list(conn.scan_iter("bulkhook:*")) == []
 
 
@@ -376,19 +383,23 @@ def test_body_one_byte_over_the_limit_gets_413(config, conn) -> None:
     assert_nothing_recorded(conn)
 
 
-def test_intake_writes_the_rq_job_as_rqs_own_enqueue_would(client, conn) -> None:
+def test_intake_queues_one_drain_task_as_rqs_own_enqueue_would(client, conn) -> None:
     from rq.job import Job
 
     from service.connection import task_queue
 
-    delivery_id = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+    first = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+    second = post(client, "events", EVENTS_BODY).get_json()["delivery_id"]
 
     queue = task_queue(conn)
-    job = Job.fetch(delivery_id, connection=conn, serializer=queue.serializer)
-    assert job.func_name == "service.tasks.process_delivery"
-    assert job.args == [delivery_id]
+    # One drain task for both: the second found one waiting (drain.FLAG_KEY).
+    assert queue.get_job_ids() == [f"drain-{first}"]
+    assert queued_ids(conn) == [first, second]
+    job = Job.fetch(f"drain-{first}", connection=conn, serializer=queue.serializer)
+    assert job.func_name == "service.tasks.drain"
+    assert job.args == []
     assert job.origin == "bulkhook"
     assert job.get_status() == "queued"
-    assert job.retries_left == 2  # BULKHOOK_RETRY_INTERVALS="0,0" in the test config
+    assert job.timeout == 600
     assert job.enqueued_at is not None
     assert conn.sismember("rq:queues", queue.key)

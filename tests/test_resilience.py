@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from redis import Redis
 
 from service.delivery import idempotency_key, record_key
+from service.drain import READY_KEY
 from service.embedded_redis import EmbeddedRedis, free_port
 from service.signature import sign
 
@@ -80,7 +81,7 @@ def test_redis_killed_right_after_each_2xx_still_has_the_callback(server: Server
         conn = Redis.from_url(server.redis.url)
         delivery_id = answer.json()["delivery_id"]
         assert conn.hget(record_key(delivery_id), "state") == b"queued"
-        assert conn.lpos("rq:queue:bulkhook", delivery_id) is not None
+        assert conn.lpos(READY_KEY, delivery_id) is not None
         conn.close()
 
 

@@ -9,9 +9,11 @@ import pytest
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
+from service import drain
 from service.config import Settings
 from service.connection import task_queue
 from service.delivery import PENDING_KEY, record_key
+from service.intake import TASK, task_options
 from service.sweeper import sweep
 
 from .conftest import BULK_BODY, post, work
@@ -29,10 +31,73 @@ def accepted(client, conn) -> str:
     return delivery_id
 
 
-def test_task_taken_off_the_queue_and_lost_is_queued_again_and_processed(
+def as_task(client, conn, settings) -> str:
+    """An accepted delivery that became an RQ task of its own (a drain's attempt failed)."""
+    delivery_id = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+    queue = task_queue(conn)
+    # The drain task ran, took the delivery, and handed it to RQ.
+    queue.remove(drain.task_id(delivery_id))
+    conn.delete(drain.FLAG_KEY)
+    assert [taken[0] for taken in drain.take(conn, "drain-gone", 10)] == [delivery_id]
+    queue.enqueue_call(TASK, **task_options(settings, delivery_id, "bulk", "42114492"))
+    time.sleep(1.2)  # older than BULKHOOK_SWEEP_AFTER_SECONDS
+    return delivery_id
+
+
+# --- deliveries a drain has, or had ----------------------------------------------------------
+
+
+def test_delivery_waiting_for_a_drain_is_left_alone(client, conn, settings) -> None:
+    delivery_id = accepted(client, conn)
+
+    assert sweep(conn, settings) == []
+    assert conn.lrange(drain.READY_KEY, 0, -1) == [delivery_id.encode()]
+
+
+def test_delivery_taken_by_a_drain_that_died_is_queued_again_and_processed(
     client, conn, settings
 ) -> None:
     delivery_id = accepted(client, conn)
+    drain.take(conn, "drain-killed", 10)
+    conn.hset(record_key(delivery_id), "taken_at", time.time() - 30)  # long before the cutoff
+
+    assert sweep(conn, settings) == [delivery_id]
+
+    work(conn)
+    assert conn.hget(record_key(delivery_id), "state") == b"done"
+
+
+def test_delivery_just_taken_by_a_drain_is_left_alone(client, conn, settings) -> None:
+    delivery_id = accepted(client, conn)
+    # Taken after the sweeper read the running drains: too recent to call lost.
+    drain.take(conn, "drain-just-started", 10)
+
+    assert sweep(conn, settings) == []
+    assert conn.hget(record_key(delivery_id), "state") == b"processing"
+
+
+def test_a_drain_is_queued_when_deliveries_wait_and_rq_lost_the_drain_task(
+    client, conn, settings
+) -> None:
+    delivery_id = accepted(client, conn)
+    queue = task_queue(conn)
+    conn.lrem(queue.key, 1, drain.task_id(delivery_id))  # RQ stranded the drain task...
+    conn.delete(drain.FLAG_KEY)  # ... and its flag expired
+
+    assert sweep(conn, settings) == []
+    assert len(queue.get_job_ids()) == 1  # a new drain task
+
+    work(conn)
+    assert conn.hget(record_key(delivery_id), "state") == b"done"
+
+
+# --- deliveries that became RQ tasks of their own: RQ's corner cases -------------------------
+
+
+def test_task_taken_off_the_queue_and_lost_is_queued_again_and_processed(
+    client, conn, settings
+) -> None:
+    delivery_id = as_task(client, conn, settings)
     queue = task_queue(conn)
     conn.lrem(queue.key, 1, delivery_id)  # as if a worker took it and died before starting it
 
@@ -44,7 +109,7 @@ def test_task_taken_off_the_queue_and_lost_is_queued_again_and_processed(
 
 
 def test_task_rq_drops_from_its_started_registry_is_queued_again(client, conn, settings) -> None:
-    delivery_id = accepted(client, conn)
+    delivery_id = as_task(client, conn, settings)
     queue = task_queue(conn)
     # RQ's own corner case: in the started registry (expired), status still "queued", off the
     # queue. RQ's clean-up removes such an entry without requeueing the task.
@@ -61,7 +126,7 @@ def test_task_rq_drops_from_its_started_registry_is_queued_again(client, conn, s
 
 
 def test_task_still_in_the_queue_is_left_alone(client, conn, settings) -> None:
-    delivery_id = accepted(client, conn)
+    delivery_id = as_task(client, conn, settings)
 
     assert sweep(conn, settings) == []
     assert task_queue(conn).get_job_ids() == [delivery_id]
@@ -86,7 +151,7 @@ def test_done_deliveries_leave_the_pending_set(client, conn, settings) -> None:
 
 
 def test_task_stranded_in_the_intermediate_list_is_queued_again_once(client, conn, settings):
-    delivery_id = accepted(client, conn)
+    delivery_id = as_task(client, conn, settings)
     queue = task_queue(conn)
     # A worker took it (BLMOVE into the intermediate list) and was killed at once.
     conn.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
@@ -97,7 +162,7 @@ def test_task_stranded_in_the_intermediate_list_is_queued_again_once(client, con
 
 
 def test_retry_long_overdue_without_a_scheduler_is_queued_again(client, conn, settings):
-    delivery_id = accepted(client, conn)
+    delivery_id = as_task(client, conn, settings)
     queue = task_queue(conn)
     job = Job.fetch(delivery_id, connection=conn, serializer=queue.serializer)
     conn.lrem(queue.key, 1, delivery_id)
@@ -110,7 +175,7 @@ def test_retry_long_overdue_without_a_scheduler_is_queued_again(client, conn, se
 
 
 def test_retry_not_yet_due_is_left_to_the_scheduler(client, conn, settings):
-    delivery_id = accepted(client, conn)
+    delivery_id = as_task(client, conn, settings)
     queue = task_queue(conn)
     job = Job.fetch(delivery_id, connection=conn, serializer=queue.serializer)
     conn.lrem(queue.key, 1, delivery_id)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from rq import Queue
-from rq.registry import FailedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 from service.config import QUEUE_NAME
@@ -147,3 +147,65 @@ def test_idempotency_key_is_the_same_for_every_copy_of_one_callback(
     assert first != second
     assert len(keys) == 2 and keys[0] == keys[1]
     assert len(list(Path(f"{handler_output}.effects").iterdir())) == 1
+
+
+def test_one_drain_task_processes_every_waiting_delivery(client, conn, handler_output, monkeypatch):
+    from service.drain import READY_KEY
+
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record")
+    ids = [
+        post(
+            client, "bulk", json.dumps({"id": f"job-{n}", "status": "COMPLETED"}).encode()
+        ).get_json()["delivery_id"]
+        for n in range(5)
+    ]
+    queue = Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
+    assert queue.get_job_ids() == [f"drain-{ids[0]}"]
+
+    work(conn)
+
+    assert [line["id"] for line in read(handler_output)] == ids  # in the order received
+    assert all(conn.hget(record_key(i), "state") == b"done" for i in ids)
+    assert conn.llen(READY_KEY) == 0
+    assert queue.fetch_job(f"drain-{ids[0]}").return_value() == "5 done, 0 handed to RQ"
+
+
+def test_a_drain_out_of_time_hands_over_to_a_new_drain_task(
+    client, conn, handler_output, monkeypatch
+):
+    from service import drain
+
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record")
+    monkeypatch.setattr(drain, "BATCH", 1)
+    monkeypatch.setattr(drain, "BUDGET_SECONDS", 0.0)  # out of time after each batch
+    ids = [
+        post(
+            client, "bulk", json.dumps({"id": f"job-{n}", "status": "COMPLETED"}).encode()
+        ).get_json()["delivery_id"]
+        for n in range(3)
+    ]
+
+    work(conn)
+
+    assert [line["id"] for line in read(handler_output)] == ids
+    drains = FinishedJobRegistry(QUEUE_NAME, connection=conn).get_job_ids()
+    assert len(drains) == 3 and all(d.startswith("drain-") for d in drains)
+
+
+def test_a_delivery_failing_in_a_drain_does_not_hold_up_the_others(
+    client, conn, handler_output, monkeypatch
+):
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record,tests.handlers.flaky")
+    first = post(client, "bulk", BULK_BODY).get_json()["delivery_id"]
+    second = post(client, "events", EVENTS_BODY).get_json()["delivery_id"]
+
+    work(conn)
+
+    handled = [(line["handler"], line["id"]) for line in read(handler_output)]
+    # Both failed once in the drain (flaky writes only when it succeeds), each became an RQ
+    # task, and each succeeded there without running `record` again.
+    assert handled == [("record", first), ("record", second),
+                       ("flaky", first), ("flaky", second)]  # fmt: skip
+    for delivery_id in (first, second):
+        assert conn.hget(record_key(delivery_id), "state") == b"done"
+        assert conn.hget(record_key(delivery_id), "attempts") == b"2"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -126,6 +127,9 @@ def _matches(record: dict[str, str], chosen: dict[str, str]) -> bool:
 def _timeline(conn: Any, fields: dict[str, str]) -> list[tuple[str | None, str]]:
     """What happened to a delivery, in order: from its record and from its RQ task."""
     events: list[tuple[str | None, str]] = [(fields.get("received_at"), "received, answered 202")]
+    if fields.get("taken_at"):
+        taken = datetime.fromtimestamp(float(fields["taken_at"]), UTC).isoformat()
+        events.append((taken, f"taken by {fields.get('taken_by', 'a drain')}"))
     task = fetch_task(conn, fields["id"])
     if task is not None:
         if task.enqueued_at:
