@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from redis import Redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import JobStatus
 from rq.utils import utcformat
 
@@ -53,8 +53,15 @@ BUDGET_SECONDS = 5.0
 RQ's own bookkeeping are never far away."""
 
 _TAKE = """
-local ids = redis.call('LPOP', KEYS[1], ARGV[1])
-if not ids then return {} end
+local ids
+if ARGV[5] == 'again' then
+  ids = redis.call('LRANGE', KEYS[2], 0, -1)
+else
+  ids = redis.call('LPOP', KEYS[1], ARGV[1])
+  if not ids then return {} end
+  redis.call('RPUSH', KEYS[2], unpack(ids))
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
 local taken = {}
 for _, id in ipairs(ids) do
   local key = ARGV[3] .. id
@@ -68,6 +75,13 @@ for _, id in ipairs(ids) do
 end
 return taken
 """
+
+_OPTIONS: dict[str, Any] = {
+    "timeout": TASK_TIMEOUT_SECONDS,
+    "description": "drain",
+    # At once, when its work horse dies: the retry takes what it had taken again.
+    "retry": Retry(max=3),
+}
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -92,22 +106,24 @@ def job_template(queue: Queue) -> dict[str, Any]:
     A drain task has no arguments, so every one is the same but for its times: the intake
     builds this once per process instead of once per request.
     """
-    job = queue.create_job(
-        TASK, job_id="template", timeout=TASK_TIMEOUT_SECONDS, description="drain",
-        status=JobStatus.QUEUED,
-    )  # fmt: skip
+    job = queue.create_job(TASK, job_id="template", status=JobStatus.QUEUED, **_OPTIONS)
     queue._prepare_for_queue(job)  # what Queue.enqueue_job does before saving
     return job.to_dict()
 
 
-def take(conn: Redis, drain_id: str, count: int) -> list[tuple[str, dict[str, str], bytes]]:
+def take(
+    conn: Redis, drain_id: str, count: int, *, again: bool = False
+) -> list[tuple[str, dict[str, str], bytes]]:
     """Take up to `count` waiting deliveries for the drain `drain_id`: id, fields, body.
 
-    Records already done (the sweeper's copy ran first) are dropped from the list, not taken.
+    The ids taken are also kept under the drain's own key until `done_with` them: a drain
+    RQ retries (its work horse was killed) takes them `again` first. Records already done
+    (the sweeper's copy ran first) are left out.
     """
     script = conn.register_script(_TAKE)
-    args: list[Any] = [count, drain_id, delivery.record_key(""), time.time()]
-    raw = cast(list[Any], script(keys=[READY_KEY], args=args))
+    args: list[Any] = [count, drain_id, delivery.record_key(""), time.time(),
+                       "again" if again else "new", TASK_TIMEOUT_SECONDS * 2]  # fmt: skip
+    raw = cast(list[Any], script(keys=[READY_KEY, _taken_key(drain_id)], args=args))
     taken = []
     for delivery_id, flat in zip(raw[::2], raw[1::2], strict=True):
         pairs = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -117,6 +133,15 @@ def take(conn: Redis, drain_id: str, count: int) -> list[tuple[str, dict[str, st
         fields = {k.decode(): v.decode("utf-8", "replace") for k, v in pairs.items()}
         taken.append((delivery_id.decode(), fields, body))
     return taken
+
+
+def done_with(conn: Redis, drain_id: str) -> None:
+    """Forget what the drain has taken so far: each of those has its outcome recorded."""
+    conn.delete(_taken_key(drain_id))
+
+
+def _taken_key(drain_id: str) -> str:
+    return f"{KEY_PREFIX}drain:taken:{drain_id}"
 
 
 def release(conn: Redis, drain_id: str) -> None:
@@ -131,7 +156,7 @@ def ensure(conn: Redis, queue: Queue) -> bool:
     drain_id = task_id(uuid.uuid4().hex)
     if not conn.set(FLAG_KEY, drain_id, nx=True, ex=FLAG_TTL_SECONDS):
         return False
-    queue.enqueue_call(TASK, job_id=drain_id, timeout=TASK_TIMEOUT_SECONDS, description="drain")
+    queue.enqueue_call(TASK, job_id=drain_id, **_OPTIONS)
     return True
 
 

@@ -83,7 +83,11 @@ def _held(conn: Redis, fields: dict[str, str], cutoff: float, running: set[str])
             return True
         if float(fields.get("taken_at", "0")) > cutoff:
             return True  # taken recently, maybe by a drain that started after `running` was read
-        return taken_by in running  # the drain that took it is still at work
+        # The drain that took it is at work, or RQ will run it again (its horse died), and it
+        # takes its deliveries again first.
+        drainer = fetch_task(conn, taken_by)
+        waiting = (JobStatus.QUEUED, JobStatus.SCHEDULED)
+        return taken_by in running or (drainer is not None and drainer.get_status() in waiting)
     moments = [job.enqueued_at, job.started_at, job.ended_at, job.last_heartbeat]
     if any(m is not None and _timestamp(m) > cutoff for m in moments):
         return True  # moved recently: it may be between two places right now

@@ -65,7 +65,9 @@ def drain() -> str:
         drainer.ensure(conn, queue)  # a backlog: let another worker drain beside us
     deadline = time.monotonic() + drainer.BUDGET_SECONDS
     done = handed = 0
-    while taken := drainer.take(conn, job.id, drainer.BATCH):
+    # A retry of this drain (its work horse died) first takes again what it had taken.
+    taken = drainer.take(conn, job.id, drainer.BATCH, again=True)
+    while taken or (taken := drainer.take(conn, job.id, drainer.BATCH)):
         for delivery_id, fields, body in taken:
             try:
                 _attempt(conn, settings, fields, body, int(fields["attempts"]), final=False)
@@ -73,6 +75,8 @@ def drain() -> str:
             except Exception:
                 _hand_to_rq(queue, settings, delivery_id, fields)
                 handed += 1
+        drainer.done_with(conn, job.id)
+        taken = []
         if time.monotonic() > deadline:
             drainer.ensure(conn, queue)
             break

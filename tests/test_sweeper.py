@@ -67,6 +67,16 @@ def test_delivery_taken_by_a_drain_that_died_is_queued_again_and_processed(
     assert conn.hget(record_key(delivery_id), "state") == b"done"
 
 
+def test_delivery_taken_by_a_drain_rq_will_run_again_is_left_alone(client, conn, settings):
+    delivery_id = accepted(client, conn)
+    # The drain's work horse died; RQ queued the drain again, which takes it again first.
+    task_queue(conn).enqueue_call(drain.TASK, job_id="drain-retried")
+    drain.take(conn, "drain-retried", 10)
+    conn.hset(record_key(delivery_id), "taken_at", time.time() - 30)
+
+    assert sweep(conn, settings) == []
+
+
 def test_delivery_just_taken_by_a_drain_is_left_alone(client, conn, settings) -> None:
     delivery_id = accepted(client, conn)
     # Taken after the sweeper read the running drains: too recent to call lost.
