@@ -99,7 +99,13 @@ def _attempt(
     *, final: bool,
 ) -> None:  # fmt: skip
     """One attempt at a delivery marked processing: run it, record the outcome; raise if it
-    failed (after recording it as queued for a retry, or failed when `final`)."""
+    failed (after recording it as queued for a retry, or failed when `final`).
+
+    A bulk callback, when the Open Connectors API is configured, only hints that its job
+    changed: the job pipeline re-reads it and runs the handlers on the job's outcome.
+    Otherwise (event notifications, or no API) the handlers get the delivery itself, and
+    handlers that succeeded on an earlier attempt are not run again.
+    """
     delivery_id = fields["id"]
     ids = {"delivery_id": delivery_id, "job_id": fields.get("job_id"), "kind": fields.get("kind")}
     started_at = delivery.now_iso()
