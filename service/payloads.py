@@ -91,6 +91,7 @@ def _bulk(document: dict[str, Any]) -> Payload:
         raise PayloadError("bulk callback 'status' must be a non-empty string")
     if len(raw_status) > MAX_IDENTIFIER_LENGTH:
         raise PayloadError(f"'status' is longer than {MAX_IDENTIFIER_LENGTH} characters")
+    _require_unicode(raw_status, "status")
     status = normalise_status(raw_status)
     return Payload(
         kind=BULK,
@@ -140,7 +141,18 @@ def _identifier(value: Any, name: str) -> str:
         raise PayloadError(f"'{name}' must be a non-empty string or a number")
     if len(value) > MAX_IDENTIFIER_LENGTH:
         raise PayloadError(f"'{name}' is longer than {MAX_IDENTIFIER_LENGTH} characters")
+    _require_unicode(value, name)
     return value.strip()
+
+
+def _require_unicode(value: str, name: str) -> None:
+    """JSON may escape half a surrogate pair ("\\ud800"): valid JSON, but no text; such an id
+    cannot go into a Redis key (it answered 500 before this check)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        raise PayloadError(f"'{name}' holds a lone surrogate (\\u{code:04x}), not text") from None
 
 
 def _json_type(value: Any) -> str:

@@ -173,6 +173,21 @@ def test_garbage_signature_headers_get_401_with_a_reason(client, conn, header, d
         ),
         ("bulk", b'{"id": "1", "status": 3}', "bulk callback 'status' must be a non-empty string"),
         (
+            "bulk",
+            b'{"id": "x\\ud800", "status": "COMPLETED"}',
+            "'id' holds a lone surrogate (\\ud800), not text",
+        ),
+        (
+            "bulk",
+            b'{"id": "1", "status": "\\udfff"}',
+            "'status' holds a lone surrogate (\\udfff), not text",
+        ),
+        (
+            "events",
+            b'{"message": {"eventId": "\\udc80"}}',
+            "'eventId' holds a lone surrogate (\\udc80), not text",
+        ),
+        (
             "events",
             b'{"events": []}',
             "event notification needs a 'message' (or older 'response') object",
