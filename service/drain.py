@@ -20,15 +20,14 @@ Why nothing is lost or stuck:
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from redis import Redis
 from rq import Queue, Retry
 from rq.job import JobStatus
-from rq.utils import utcformat
 
 from . import delivery
 from .config import KEY_PREFIX, TASK_TIMEOUT_SECONDS
@@ -94,21 +93,21 @@ def task_id(delivery_id: str) -> str:
     return f"drain-{delivery_id}"
 
 
-def job_fields(template: dict[str, Any]) -> dict[str, Any]:
-    """A drain task's RQ job hash: the template with this moment's times."""
-    moment = utcformat(datetime.now(UTC))
-    return {**template, "created_at": moment, "enqueued_at": moment}
-
-
-def job_template(queue: Queue) -> dict[str, Any]:
-    """The RQ job hash of a drain task exactly as RQ's own enqueue would write it.
+def job_template(queue: Queue) -> tuple[str, bytes]:
+    """A drain task's RQ job hash, exactly as RQ's own enqueue would write it, but for its
+    two times: the text fields as JSON, and RQ's compressed `data` (bytes) apart.
 
     A drain task has no arguments, so every one is the same but for its times: the intake
     builds this once per process instead of once per request.
     """
     job = queue.create_job(TASK, job_id="template", status=JobStatus.QUEUED, **_OPTIONS)
     queue._prepare_for_queue(job)  # what Queue.enqueue_job does before saving
-    return job.to_dict()
+    fields = job.to_dict()
+    data = fields.pop("data")
+    for moment in ("created_at", "enqueued_at"):
+        fields.pop(moment)
+    text = {name: getattr(value, "value", value) for name, value in fields.items()}
+    return json.dumps({name: str(value) for name, value in text.items()}), data
 
 
 def take(
