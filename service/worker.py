@@ -77,10 +77,11 @@ class InProcessWorker(_StopAware, SimpleWorker):
 def build(settings: Settings, name: str | None = None) -> ForkingWorker | InProcessWorker:
     """Return a worker on bulkhook's queue, after checking the handlers import."""
     handlers.load(settings.handlers)
-    # fork (default): a work horse per task, heartbeated, so a task whose worker is killed is
-    # retried within BULKHOOK_WORKER_MONITOR_SECONDS + 60 s. simple: tasks run in the worker
-    # process, about 3x the rate, but a killed worker's task waits its whole timeout (600 s)
-    # plus 60 s before RQ calls it abandoned.
+    # fork (default): a work horse per task (a drain runs many deliveries), heartbeated, so a
+    # task whose worker is killed is retried within BULKHOOK_WORKER_MONITOR_SECONDS + 60 s.
+    # simple: tasks run in the worker process (once 3x the rate; with drains, the same), and a
+    # killed worker's task waits its whole timeout (600 s) plus 60 s before RQ calls it
+    # abandoned.
     worker_class = InProcessWorker if settings.worker_class == "simple" else ForkingWorker
     maintenance = settings.worker_maintenance_seconds
     return worker_class(
