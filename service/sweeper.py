@@ -78,9 +78,7 @@ def _held(conn: Redis, fields: dict[str, str], cutoff: float, running: set[str])
     if job is None:
         taken_by = fields.get("taken_by")
         if taken_by is None:
-            # In the drain's list (intake put it there; only a drain takes it out), or
-            # dead-lettered and its RQ task since expired: left for a person either way.
-            return True
+            return True  # in the drain's list: intake put it there, only a drain takes it out
         if float(fields.get("taken_at", "0")) > cutoff:
             return True  # taken recently, maybe by a drain that started after `running` was read
         # The drain that took it is at work, or RQ will run it again (its horse died), and it
