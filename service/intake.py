@@ -154,17 +154,17 @@ def _run(accept_script: Script, keys: list[Any], args: list[Any], settings: Sett
     return cast(bytes | None, earlier)
 
 
-def task_options(
-    settings: Settings, delivery_id: str, kind: str | None, subject: str | None
-) -> dict[str, Any]:
-    """How one delivery becomes an RQ task of its own: after a drain's attempt failed, or
-    when the sweeper queues it again."""
+def task_options(settings: Settings, fields: dict[str, str]) -> dict[str, Any]:
+    """How the delivery of record `fields` becomes an RQ task of its own: after a drain's
+    attempt failed, or when the sweeper queues it again."""
+    delivery_id = fields["id"]
+    subject = fields.get("job_id") or fields.get("dedup_key")
     return {
         "args": (delivery_id,),
         "job_id": delivery_id,
         "retry": task_retry(settings),
         "timeout": TASK_TIMEOUT_SECONDS,
-        "description": f"{kind} {subject}",
+        "description": f"{fields.get('kind')} {subject}",
     }
 
 

@@ -63,8 +63,7 @@ def sweep(conn: Redis, settings: Settings) -> list[str]:
         # Take it out of wherever RQ left it, so RQ cannot also run it from there.
         conn.lrem(queue.intermediate_queue_key, 0, delivery_id)
         conn.zrem(queue.scheduled_job_registry.key, delivery_id)
-        subject = fields.get("job_id") or fields.get("dedup_key")
-        queue.enqueue_call(TASK, **task_options(settings, delivery_id, fields.get("kind"), subject))
+        queue.enqueue_call(TASK, **task_options(settings, fields))
         requeued.append(delivery_id)
     if requeued:
         log.warning("sweeper queued %d lost task(s) again: %s", len(requeued), requeued[:10])

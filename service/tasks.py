@@ -68,12 +68,12 @@ def drain() -> str:
     # A retry of this drain (its work horse died) first takes again what it had taken.
     taken = drainer.take(conn, job.id, drainer.BATCH, again=True)
     while taken or (taken := drainer.take(conn, job.id, drainer.BATCH)):
-        for delivery_id, fields, body in taken:
+        for _, fields, body in taken:
             try:
                 _attempt(conn, settings, fields, body, int(fields["attempts"]), final=False)
                 done += 1
             except Exception:
-                _hand_to_rq(queue, settings, delivery_id, fields)
+                _hand_to_rq(queue, settings, fields)
                 handed += 1
         drainer.done_with(conn, job.id)
         taken = []
@@ -83,11 +83,10 @@ def drain() -> str:
     return f"{done} done, {handed} handed to RQ"
 
 
-def _hand_to_rq(queue: Queue, settings: Settings, delivery_id: str, fields: dict) -> None:
+def _hand_to_rq(queue: Queue, settings: Settings, fields: dict[str, str]) -> None:
     """Make a delivery whose drain attempt failed an RQ task with its remaining retries."""
     delay, retry = later_retry(settings)
-    subject = fields.get("job_id") or fields.get("dedup_key")
-    options = {**task_options(settings, delivery_id, fields.get("kind"), subject), "retry": retry}
+    options = {**task_options(settings, fields), "retry": retry}
     if delay:
         queue.enqueue_in(timedelta(seconds=delay), TASK, **options)
     else:

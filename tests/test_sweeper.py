@@ -39,7 +39,8 @@ def as_task(client, conn, settings) -> str:
     queue.remove(drain.task_id(delivery_id))
     conn.delete(drain.FLAG_KEY)
     assert [taken[0] for taken in drain.take(conn, "drain-gone", 10)] == [delivery_id]
-    queue.enqueue_call(TASK, **task_options(settings, delivery_id, "bulk", "42114492"))
+    fields = {"id": delivery_id, "kind": "bulk", "job_id": "42114492"}
+    queue.enqueue_call(TASK, **task_options(settings, fields))
     time.sleep(1.2)  # older than BULKHOOK_SWEEP_AFTER_SECONDS
     return delivery_id
 
