@@ -67,7 +67,15 @@ def drain() -> str:
     done = handed = 0
     # A retry of this drain (its work horse died) first takes again what it had taken.
     taken = drainer.take(conn, job.id, drainer.BATCH, again=True)
-    while taken or (taken := drainer.take(conn, job.id, drainer.BATCH)):
+    while True:
+        taken = taken or drainer.take(conn, job.id, drainer.BATCH)
+        if not taken:
+            # Nothing waits: wait a little for the next one (a socket timeout would end it).
+            wait = min(drainer.LINGER_SECONDS, deadline - time.monotonic(),
+                       settings.redis_timeout_seconds / 2)  # fmt: skip
+            if drainer.wait_for_more(conn, wait):
+                continue
+            break
         for _, fields, body in taken:
             try:
                 _attempt(conn, settings, fields, body, int(fields["attempts"]), final=False)

@@ -15,7 +15,7 @@ from redis.client import PubSub
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
-from . import handlers
+from . import drain, handlers
 from .config import QUEUE_NAME, Settings
 from .connection import connect
 from .upkeep import Upkeep
@@ -108,6 +108,7 @@ def run(settings: Settings, *, burst: bool = False, name: str | None = None) -> 
     (and does not end a Procfile runner's whole formation).
     """
     if burst:
+        drain.LINGER_SECONDS = 0.0  # inherited by each work horse: see its docstring
         return build(settings, name).work(burst=True, with_scheduler=True, logging_level="INFO")
     upkeep = Upkeep(settings, name or f"{socket.gethostname()}.{os.getpid()}")
     upkeep.start()

@@ -11,7 +11,7 @@ from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from service import create_app
+from service import create_app, drain
 from service.config import QUEUE_NAME
 from service.embedded_redis import EmbeddedRedis
 from service.signature import sign
@@ -98,7 +98,9 @@ def post(client, kind: str, body: bytes, *, key: str | None = KEY, headers=None)
 
 
 def work(conn: Redis) -> None:
-    """Run a real RQ worker in this process until the queue is empty."""
+    """Run a real RQ worker in this process until the queue is empty (its drains do not
+    wait for more, as with `bulkhook worker --burst`)."""
+    drain.LINGER_SECONDS = 0.0
     SimpleWorker([QUEUE_NAME], connection=conn, serializer=JSONSerializer).work(burst=True)
 
 
