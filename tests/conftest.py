@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from service import create_app, drain
 from service.config import QUEUE_NAME
 from service.embedded_redis import EmbeddedRedis
 from service.signature import sign
+from service.worker import InProcessWorker
 
 KEY = "test-signature-key"
 """The signature key the app under test is configured with."""
@@ -101,7 +101,8 @@ def work(conn: Redis) -> None:
     """Run a real RQ worker in this process until the queue is empty (its drains do not
     wait for more, as with `bulkhook worker --burst`)."""
     drain.LINGER_SECONDS = 0.0
-    SimpleWorker([QUEUE_NAME], connection=conn, serializer=JSONSerializer).work(burst=True)
+    # bulkhook's SimpleWorker: RQ's own can wait a minute for its pubsub thread as it stops.
+    InProcessWorker([QUEUE_NAME], connection=conn, serializer=JSONSerializer).work(burst=True)
 
 
 @pytest.fixture
