@@ -37,6 +37,8 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 # gunicorn's error and access lines and the app's, in BULKHOOK_LOG_FORMAT (json or text).
 logconfig_dict = logs.gunicorn_config(loglevel.upper())
+# No access line for a callback: the app writes one with its ids (service/logs.py says why).
+logger_class = "service.logs.GunicornLogger"
 # Text mode: no query string (it carries per-job callback tokens).
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(D)sus "%(a)s"'
 

@@ -25,7 +25,7 @@ from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
-from . import intake, jobs, metrics, payloads, signature
+from . import intake, jobs, logs, metrics, payloads, signature
 from .config import KEY_PREFIX, RETRY_AFTER_SECONDS
 from .exceptions import PayloadError, SignatureError
 from .runtime import Runtime
@@ -141,7 +141,8 @@ class CallbackApp:
             log.exception("unexpected error while taking a %s callback", kind)
             seen.answer, seen.detail = "error", "internal error"
             answer = reply(500, "internal_server_error", "the server failed; retry later")
-        observe(seen, answer.code, started, incoming.remote_addr)
+        if observe(seen, answer.code, started, incoming.remote_addr):
+            environ[logs.LOGGED] = True  # gunicorn's access line would say it again
         return _send(start_response, answer)
 
 
@@ -210,8 +211,9 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
     return reply(202, "accepted", "recorded and queued", delivery_id=receipt.delivery_id)
 
 
-def observe(seen: Seen, status_code: int, started: float, source: str | None) -> None:
-    """One log line and the metrics for one callback."""
+def observe(seen: Seen, status_code: int, started: float, source: str | None) -> bool:
+    """The metrics and one log line for one callback; whether the line was written (its
+    level may be off)."""
     seconds = time.perf_counter() - started
     metrics.callback_answered(seen.kind, seen.answer, seconds)
     refused = seen.answer not in ("accepted", "duplicate")
@@ -222,7 +224,7 @@ def observe(seen: Seen, status_code: int, started: float, source: str | None) ->
     else:
         level = logging.WARNING
     if not log.isEnabledFor(level):
-        return
+        return False
     log.log(
         level,
         "%s callback %s%s",
@@ -239,6 +241,7 @@ def observe(seen: Seen, status_code: int, started: float, source: str | None) ->
             "duration_ms": round(seconds * 1000, 3),
         },
     )
+    return True
 
 
 def _send(start_response: StartResponse, answer: Answer) -> list[bytes]:
