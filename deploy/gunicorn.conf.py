@@ -3,6 +3,8 @@
 Every value can be overridden from the environment, 12-factor style.
 """
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import shutil
@@ -47,6 +49,24 @@ def on_starting(server):
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder, exist_ok=True)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+LARGE_ALLOCATION_BYTES = 1024 * 1024
+
+
+def post_fork(server, worker):
+    # Each allocation of 1 MiB or more (a large body, its text, its parsed document) gets its
+    # own mapping, returned to the system when freed. glibc's default raises that threshold
+    # after the first large free and serves the next from its heap, which it keeps. Measured
+    # with 10 MiB bodies, three in a row per worker: peaks of 2.06-2.57 bodies per request
+    # and up to 20 MiB kept after one; with this, 2.00-2.03 and at most 1.2 MiB kept.
+    # Not glibc (musl): nothing to do.
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES)
+    except (OSError, AttributeError):
+        pass
 
 
 def child_exit(server, worker):
