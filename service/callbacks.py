@@ -26,7 +26,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
 from . import intake, jobs, logs, metrics, payloads, signature
-from .config import KEY_PREFIX, RETRY_AFTER_SECONDS
+from .config import KEY_PREFIX, RETRY_AFTER_SECONDS, Settings
 from .exceptions import PayloadError, SignatureError
 from .runtime import Runtime
 
@@ -147,15 +147,50 @@ class CallbackApp:
 
 
 def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
-    """Take one callback: 202 queued, 200 duplicate, or a 4xx/503 that says why not."""
+    """Take one callback: 202 queued, 200 duplicate, or a 4xx/503 that says why not.
+
+    The WSGI way (tests, `flask run`); `asgi.py` takes them with the same steps, awaiting
+    Redis instead of blocking on it.
+    """
     settings = parts.settings
     # The HMAC is over the bytes on the wire, read before anything could parse them.
     try:
-        body = incoming.body(settings.max_body_bytes)
+        held = [incoming.body(settings.max_body_bytes)]
     except RequestEntityTooLarge:
-        seen.answer, seen.detail = "too_large", "body over BULKHOOK_MAX_BODY_BYTES"
-        detail = f"the body is larger than {settings.max_body_bytes} bytes"
-        return reply(413, "too_large", detail)
+        return too_large(settings, seen)
+    checked = check(parts, kind, incoming, held, seen)
+    if isinstance(checked, Answer):
+        return checked
+    try:
+        unknown = _unknown_job(parts, checked.payload, incoming) if settings.strict_jobs else None
+        if unknown is not None:
+            return unknown_job(unknown, seen)
+        earlier = intake.run(parts.accept_script, checked.write, settings)
+    except RedisError as exc:
+        return unavailable(exc, seen)
+    return recorded(checked, earlier, seen)
+
+
+@dataclass
+class Checked:
+    """A callback that passed every check: its payload, and the write that records it."""
+
+    payload: payloads.Payload
+    write: intake.Write
+
+
+def check(
+    parts: Runtime, kind: str, incoming: Incoming, held: list[bytes], seen: Seen
+) -> Answer | Checked:
+    """Verify and parse the callback's body, taken out of `held`: the refusal (401, 400), or
+    what to write.
+
+    The body comes in a list that this empties, so that nothing else holds the bytes while
+    their text is parsed: for a large body, two copies alive at a time instead of three (the
+    bench measures it). They are made again from the text after.
+    """
+    settings = parts.settings
+    body = held.pop()
     header = incoming.header(signature.HEADER)
     if header is None and settings.allow_unsigned:
         signed = False
@@ -170,9 +205,7 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
     webhook_id = _webhook_id(incoming)
     try:
         text = payloads.decode(body)
-        # The bytes are let go while the text is parsed and made again from it after: for a
-        # large body, two copies alive at a time instead of three (the bench measures it).
-        del body
+        del body  # see the docstring
         payload = payloads.parse(kind, text, webhook_id)
     except PayloadError as exc:
         seen.answer, seen.detail = "malformed", str(exc)
@@ -180,28 +213,32 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
     seen.job_id = payload.job_id
     body = text.encode("utf-8")  # the very bytes received (UTF-8 is exact both ways)
     del text
+    write = intake.prepare(parts.queue, settings, payload, body, signed=signed,
+                           webhook_id=webhook_id, remote_addr=incoming.remote_addr,
+                           headers=_safe_headers(incoming))  # fmt: skip
+    return Checked(payload, write)
 
-    try:
-        unknown = _unknown_job(parts, payload, incoming) if settings.strict_jobs else None
-        if unknown is not None:
-            seen.answer, seen.detail = "unknown_job", unknown
-            return reply(404, "unknown_job", unknown)
-        receipt = intake.accept(
-            parts.accept_script,
-            parts.queue,
-            settings,
-            payload,
-            body,
-            signed=signed,
-            webhook_id=webhook_id,
-            remote_addr=incoming.remote_addr,
-            headers=_safe_headers(incoming),
-        )
-    except RedisError as exc:
-        seen.answer, seen.detail = "unavailable", f"redis: {exc.__class__.__name__}"
-        return reply(503, "unavailable", "cannot record the callback now; retry later",
-                     headers=[("Retry-After", str(RETRY_AFTER_SECONDS))])  # fmt: skip
 
+def too_large(settings: Settings, seen: Seen) -> Answer:
+    seen.answer, seen.detail = "too_large", "body over BULKHOOK_MAX_BODY_BYTES"
+    return reply(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
+
+
+def unknown_job(reason: str, seen: Seen) -> Answer:
+    seen.answer, seen.detail = "unknown_job", reason
+    return reply(404, "unknown_job", reason)
+
+
+def unavailable(exc: RedisError, seen: Seen) -> Answer:
+    seen.answer, seen.detail = "unavailable", f"redis: {exc.__class__.__name__}"
+    return reply(503, "unavailable", "cannot record the callback now; retry later",
+                 headers=[("Retry-After", str(RETRY_AFTER_SECONDS))])  # fmt: skip
+
+
+def recorded(checked: Checked, earlier: bytes | None, seen: Seen) -> Answer:
+    """The answer once the script ran: 202, or 200 for a duplicate."""
+    receipt = checked.write.receipt(earlier)
+    payload = checked.payload
     seen.delivery_id = receipt.delivery_id
     if receipt.duplicate:
         seen.answer, seen.detail = "duplicate", payload.dedup_key

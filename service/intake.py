@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from redis import Redis, RedisError
-from redis.commands.core import Script
+from redis.asyncio import Redis as AsyncRedis
+from redis.commands.core import AsyncScript, Script
 from rq import Queue
 from rq.utils import utcformat
 
@@ -67,8 +68,23 @@ class Receipt:
     duplicate: bool
 
 
-def accept(
-    accept_script: Script,
+@dataclass(frozen=True)
+class Write:
+    """The intake script's call for one callback, ready to run: sync (`run`) or async
+    (`run_async`), the same keys and arguments either way."""
+
+    delivery_id: str
+    keys: list[Any]
+    args: list[Any]
+
+    def receipt(self, earlier: bytes | None) -> Receipt:
+        """What the script's answer means: the earlier delivery's id if it was a duplicate."""
+        if earlier is not None:
+            return Receipt(delivery_id=earlier.decode(), duplicate=True)
+        return Receipt(delivery_id=self.delivery_id, duplicate=False)
+
+
+def prepare(
     queue: Queue,
     settings: Settings,
     payload: Payload,
@@ -78,11 +94,8 @@ def accept(
     webhook_id: str | None,
     remote_addr: str | None = None,
     headers: dict[str, str] | None = None,
-) -> Receipt:
-    """Record the delivery and queue it for a drain; return the earlier delivery if a duplicate.
-
-    Raises redis.RedisError when Redis cannot take it: then nothing was written.
-    """
+) -> Write:
+    """The script call that records the delivery and queues it for a drain."""
     delivery_id = uuid.uuid4().hex
     received = time.time()
     record = delivery.new_record(
@@ -115,10 +128,28 @@ def accept(
     args: list[Any] = [delivery_id, settings.dedup_ttl_seconds, settings.inbox_size, received,
                        drain_id, drain.FLAG_TTL_SECONDS, json.dumps(record), body_field,
                        utcformat(datetime.now(UTC)), template, data]  # fmt: skip
-    earlier = _run(accept_script, keys, args, settings)
-    if earlier is not None:
-        return Receipt(delivery_id=earlier.decode(), duplicate=True)
-    return Receipt(delivery_id=delivery_id, duplicate=False)
+    return Write(delivery_id, keys, args)
+
+
+def accept(
+    accept_script: Script,
+    queue: Queue,
+    settings: Settings,
+    payload: Payload,
+    body: bytes,
+    *,
+    signed: bool,
+    webhook_id: str | None,
+    remote_addr: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Receipt:
+    """Record the delivery and queue it for a drain; return the earlier delivery if a duplicate.
+
+    Raises redis.RedisError when Redis cannot take it: then nothing was written.
+    """
+    write = prepare(queue, settings, payload, body, signed=signed, webhook_id=webhook_id,
+                    remote_addr=remote_addr, headers=headers)  # fmt: skip
+    return write.receipt(run(accept_script, write, settings))
 
 
 _templates: dict[str, tuple[str, bytes]] = {}
@@ -135,7 +166,7 @@ class NotReplicated(RedisError):
     """The write reached the primary but too few replicas confirmed it in time."""
 
 
-def _run(accept_script: Script, keys: list[Any], args: list[Any], settings: Settings) -> Any:
+def run(accept_script: Script, write: Write, settings: Settings) -> bytes | None:
     """Run the script; with BULKHOOK_REDIS_MIN_REPLICAS, WAIT for replicas on the same connection.
 
     WAIT counts the replicas that have every write of its own connection, so script and WAIT
@@ -144,14 +175,32 @@ def _run(accept_script: Script, keys: list[Any], args: list[Any], settings: Sett
     """
     wanted = settings.redis_min_replicas
     if not wanted:
-        return cast(bytes | None, accept_script(keys=keys, args=args))
+        return cast(bytes | None, accept_script(keys=write.keys, args=write.args))
     pipe = accept_script.registered_client.pipeline(transaction=False)
-    accept_script(keys=keys, args=args, client=pipe)
+    accept_script(keys=write.keys, args=write.args, client=pipe)
     pipe.wait(wanted, settings.redis_replica_wait_ms)
     earlier, confirmed = pipe.execute()
+    _require_replicas(confirmed, wanted)
+    return cast(bytes | None, earlier)
+
+
+async def run_async(accept_script: AsyncScript, write: Write, settings: Settings) -> bytes | None:
+    """`run`, on an asyncio client (the web's event loop)."""
+    wanted = settings.redis_min_replicas
+    if not wanted:
+        return cast(bytes | None, await accept_script(keys=write.keys, args=write.args))
+    pipe = accept_script.registered_client.pipeline(transaction=False)
+    # redis-py's hint leaves out the pipelines its scripts take.
+    await accept_script(keys=write.keys, args=write.args, client=pipe)  # type: ignore[arg-type]
+    pipe.wait(wanted, settings.redis_replica_wait_ms)
+    earlier, confirmed = await pipe.execute()
+    _require_replicas(confirmed, wanted)
+    return cast(bytes | None, earlier)
+
+
+def _require_replicas(confirmed: int, wanted: int) -> None:
     if confirmed < wanted:
         raise NotReplicated(f"{confirmed} of {wanted} replica(s) confirmed the write")
-    return cast(bytes | None, earlier)
 
 
 def task_options(settings: Settings, fields: dict[str, str]) -> dict[str, Any]:
@@ -170,4 +219,9 @@ def task_options(settings: Settings, fields: dict[str, str]) -> dict[str, Any]:
 
 def script(conn: Redis) -> Script:
     """The intake script bound to `conn`; made once per process (create_app), not per request."""
+    return conn.register_script(_ACCEPT)
+
+
+def script_async(conn: AsyncRedis) -> AsyncScript:
+    """The intake script bound to an asyncio client (the web's, `asgi.py`)."""
     return conn.register_script(_ACCEPT)
