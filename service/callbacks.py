@@ -165,18 +165,29 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
         unknown = _unknown_job(parts, checked.payload, incoming) if settings.strict_jobs else None
         if unknown is not None:
             return unknown_job(unknown, seen)
-        earlier = intake.run(parts.accept_script, checked.write, settings)
+        write = checked.write(parts)  # its first call in a process asks Redis its version
+        earlier = intake.run(parts.accept_script, write, settings)
     except RedisError as exc:
         return unavailable(exc, seen)
-    return recorded(checked, earlier, seen)
+    return recorded(checked.payload, write.receipt(earlier), seen)
 
 
 @dataclass
 class Checked:
-    """A callback that passed every check: its payload, and the write that records it."""
+    """A callback that passed every check, and what its record is made of."""
 
     payload: payloads.Payload
-    write: intake.Write
+    body: bytes
+    signed: bool
+    webhook_id: str | None
+    remote_addr: str | None
+    headers: dict[str, str]
+
+    def write(self, parts: Runtime) -> intake.Write:
+        """The intake script's call that records it."""
+        return intake.prepare(parts.queue, parts.settings, self.payload, self.body,
+                              signed=self.signed, webhook_id=self.webhook_id,
+                              remote_addr=self.remote_addr, headers=self.headers)  # fmt: skip
 
 
 def check(
@@ -213,10 +224,8 @@ def check(
     seen.job_id = payload.job_id
     body = text.encode("utf-8")  # the very bytes received (UTF-8 is exact both ways)
     del text
-    write = intake.prepare(parts.queue, settings, payload, body, signed=signed,
-                           webhook_id=webhook_id, remote_addr=incoming.remote_addr,
-                           headers=_safe_headers(incoming))  # fmt: skip
-    return Checked(payload, write)
+    return Checked(payload, body, signed, webhook_id, incoming.remote_addr,
+                   _safe_headers(incoming))  # fmt: skip
 
 
 def too_large(settings: Settings, seen: Seen) -> Answer:
@@ -235,10 +244,8 @@ def unavailable(exc: RedisError, seen: Seen) -> Answer:
                  headers=[("Retry-After", str(RETRY_AFTER_SECONDS))])  # fmt: skip
 
 
-def recorded(checked: Checked, earlier: bytes | None, seen: Seen) -> Answer:
+def recorded(payload: payloads.Payload, receipt: intake.Receipt, seen: Seen) -> Answer:
     """The answer once the script ran: 202, or 200 for a duplicate."""
-    receipt = checked.write.receipt(earlier)
-    payload = checked.payload
     seen.delivery_id = receipt.delivery_id
     if receipt.duplicate:
         seen.answer, seen.detail = "duplicate", payload.dedup_key

@@ -6,6 +6,9 @@ import random
 from typing import Any
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
 from redis.sentinel import Sentinel
@@ -25,28 +28,54 @@ def connect(settings: Settings) -> Redis:
     With REDIS_SENTINELS the client asks the sentinels for the primary and asks again after
     a failover (a dropped connection, or a write refused by a demoted primary).
     """
+    options = _options(settings, RedisRetry(_backoff(), 1))
+    if settings.redis_sentinels:
+        return Sentinel(**_sentinels(settings)).master_for(_master(settings), **options)
+    assert settings.redis_url is not None
+    return Redis.from_url(settings.redis_url, **options)
+
+
+def connect_async(settings: Settings) -> AsyncRedis:
+    """`connect`, for asyncio (the web's callback paths, `asgi.py`): the same timeouts, retry
+    and Sentinel discovery. Made inside the event loop that uses it."""
+    options = _options(settings, AsyncRetry(_backoff(), 1))
+    if settings.redis_sentinels:
+        return AsyncSentinel(**_sentinels(settings)).master_for(_master(settings), **options)
+    assert settings.redis_url is not None
+    return AsyncRedis.from_url(settings.redis_url, **options)
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=0.2, base=0.02)
+
+
+def _options(settings: Settings, retry: Any) -> dict[str, Any]:
     settings.require_redis()
     options: dict[str, Any] = {
         "socket_timeout": settings.redis_timeout_seconds,
         "socket_connect_timeout": settings.redis_timeout_seconds,
-        "retry": RedisRetry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        "retry": retry,
         "health_check_interval": 30,
     }
     if settings.redis_password is not None:
         options["password"] = settings.redis_password
-    if settings.redis_sentinels:
-        assert settings.redis_sentinel_master is not None  # require_redis checked it
-        sentinel = Sentinel(
-            list(settings.redis_sentinels),
-            sentinel_kwargs={
-                "password": settings.redis_sentinel_password,
-                "socket_timeout": settings.redis_timeout_seconds,
-                "socket_connect_timeout": settings.redis_timeout_seconds,
-            },
-        )
-        return sentinel.master_for(settings.redis_sentinel_master, **options)
-    assert settings.redis_url is not None
-    return Redis.from_url(settings.redis_url, **options)
+    return options
+
+
+def _sentinels(settings: Settings) -> dict[str, Any]:
+    return {
+        "sentinels": list(settings.redis_sentinels),
+        "sentinel_kwargs": {
+            "password": settings.redis_sentinel_password,
+            "socket_timeout": settings.redis_timeout_seconds,
+            "socket_connect_timeout": settings.redis_timeout_seconds,
+        },
+    }
+
+
+def _master(settings: Settings) -> str:
+    assert settings.redis_sentinel_master is not None  # require_redis checked it
+    return settings.redis_sentinel_master
 
 
 def task_queue(conn: Redis) -> Queue:
