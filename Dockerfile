@@ -26,4 +26,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/healthz', timeout=2)"]
 # The Procfile's web line; SIGTERM is gunicorn's graceful stop.
-CMD ["gunicorn", "--config", "deploy/gunicorn.conf.py", "service:create_app()"]
+CMD ["gunicorn", "--config", "deploy/gunicorn.conf.py", "service.asgi:create_asgi_app()"]

@@ -19,14 +19,20 @@ if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bulkhook-metrics-")
 
 from service import logs  # noqa: E402 - after the variable above, on purpose
+from service.asgi import WORKER_CLASS  # noqa: E402
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 
-# Threads let one worker keep serving while another request waits on Redis; the Redis
-# client is thread-safe and each process builds its own after the fork (no preload).
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+# uvicorn's worker: HTTP parsed in C (httptools) and an event loop (uvloop) per process; the
+# callback paths await Redis, so one process takes many callbacks at once (service/asgi.py).
+# Under the threaded worker (gthread, 3 x 4) a callback cost the web about 700 us of CPU
+# on 2 cores; here about 400 (README, "Performance"). Each process builds its own Redis
+# clients after the fork (no preload).
+worker_class = WORKER_CLASS
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# uvicorn would take the client address and scheme from X-Forwarded-* sent by 127.0.0.1;
+# BULKHOOK_TRUSTED_PROXIES decides that instead, for every path.
+forwarded_allow_ips = ""
 
 # Callbacks are answered after verify + record + enqueue, within a few seconds even when
 # Redis hangs (its socket timeout), so 30 s only ever stops a stuck worker.
@@ -38,11 +44,9 @@ accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 # gunicorn's error and access lines and the app's, in BULKHOOK_LOG_FORMAT (json or text).
+# uvicorn's access lines go to gunicorn's access handlers: no query string, and none for a
+# callback the app logged itself (service/logs.py, AccessLines).
 logconfig_dict = logs.gunicorn_config(loglevel.upper())
-# No access line for a callback: the app writes one with its ids (service/logs.py says why).
-logger_class = "service.logs.GunicornLogger"
-# Text mode: no query string (it carries per-job callback tokens).
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(D)sus "%(a)s"'
 
 
 def on_starting(server):

@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
-from . import intake, jobs, logs, metrics, payloads, signature
+from . import intake, jobs, metrics, payloads, signature
 from .config import KEY_PREFIX, RETRY_AFTER_SECONDS, Settings
 from .exceptions import PayloadError, SignatureError
 from .runtime import Runtime
@@ -69,6 +69,17 @@ class Answer:
     code: int
     document: dict[str, Any]
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Request(Protocol):
+    """What the checks read from a request besides its body: WSGI's (`Incoming`) or ASGI's
+    (`asgi.AsgiRequest`)."""
+
+    remote_addr: str | None
+
+    def header(self, name: str) -> str | None: ...
+
+    def query(self, name: str) -> str: ...
 
 
 class Incoming:
@@ -141,8 +152,7 @@ class CallbackApp:
             log.exception("unexpected error while taking a %s callback", kind)
             seen.answer, seen.detail = "error", "internal error"
             answer = reply(500, "internal_server_error", "the server failed; retry later")
-        if observe(seen, answer.code, started, incoming.remote_addr):
-            environ[logs.LOGGED] = True  # gunicorn's access line would say it again
+        observe(seen, answer.code, started, incoming.remote_addr)
         return _send(start_response, answer)
 
 
@@ -155,7 +165,7 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
     settings = parts.settings
     # The HMAC is over the bytes on the wire, read before anything could parse them.
     try:
-        held = [incoming.body(settings.max_body_bytes)]
+        held: list[bytes | bytearray] = [incoming.body(settings.max_body_bytes)]
     except RequestEntityTooLarge:
         return too_large(settings, seen)
     checked = check(parts, kind, incoming, held, seen)
@@ -191,7 +201,7 @@ class Checked:
 
 
 def check(
-    parts: Runtime, kind: str, incoming: Incoming, held: list[bytes], seen: Seen
+    parts: Runtime, kind: str, incoming: Request, held: list[bytes | bytearray], seen: Seen
 ) -> Answer | Checked:
     """Verify and parse the callback's body, taken out of `held`: the refusal (401, 400), or
     what to write.
@@ -255,9 +265,8 @@ def recorded(payload: payloads.Payload, receipt: intake.Receipt, seen: Seen) -> 
     return reply(202, "accepted", "recorded and queued", delivery_id=receipt.delivery_id)
 
 
-def observe(seen: Seen, status_code: int, started: float, source: str | None) -> bool:
-    """The metrics and one log line for one callback; whether the line was written (its
-    level may be off)."""
+def observe(seen: Seen, status_code: int, started: float, source: str | None) -> None:
+    """The metrics and one log line for one callback."""
     seconds = time.perf_counter() - started
     metrics.callback_answered(seen.kind, seen.answer, seconds)
     refused = seen.answer not in ("accepted", "duplicate")
@@ -268,7 +277,7 @@ def observe(seen: Seen, status_code: int, started: float, source: str | None) ->
     else:
         level = logging.WARNING
     if not log.isEnabledFor(level):
-        return False
+        return
     log.log(
         level,
         "%s callback %s%s",
@@ -285,16 +294,21 @@ def observe(seen: Seen, status_code: int, started: float, source: str | None) ->
             "duration_ms": round(seconds * 1000, 3),
         },
     )
-    return True
 
 
-def _send(start_response: StartResponse, answer: Answer) -> list[bytes]:
+def encode(answer: Answer) -> tuple[bytes, list[tuple[str, str]]]:
+    """An answer's body and headers."""
     payload = json.dumps(answer.document, separators=(",", ":")).encode() + b"\n"
     headers = [
         ("Content-Type", "application/json"),
         ("Content-Length", str(len(payload))),
         *answer.headers,
     ]
+    return payload, headers
+
+
+def _send(start_response: StartResponse, answer: Answer) -> list[bytes]:
+    payload, headers = encode(answer)
     start_response(f"{answer.code} {HTTPStatus(answer.code).phrase}", headers)
     return [payload]
 
@@ -311,7 +325,7 @@ def reply(
     return Answer(code, {"status": status, "detail": detail, **extra}, headers or [])
 
 
-def _unknown_job(parts: Runtime, payload: payloads.Payload, incoming: Incoming) -> str | None:
+def _unknown_job(parts: Runtime, payload: payloads.Payload, incoming: Request) -> str | None:
     """In strict mode, why a bulk callback is not for a job bulkhook started (None if it is)."""
     if payload.kind != payloads.BULK or payload.job_id is None:
         return None
@@ -328,13 +342,13 @@ def _unknown_job(parts: Runtime, payload: payloads.Payload, incoming: Incoming) 
     return reason
 
 
-def _webhook_id(incoming: Incoming) -> str | None:
+def _webhook_id(incoming: Request) -> str | None:
     value = (incoming.header(WEBHOOK_ID_HEADER) or "").strip()
     if not value or len(value) > _MAX_WEBHOOK_ID_LENGTH:
         return None
     return value
 
 
-def _safe_headers(incoming: Incoming) -> dict[str, str]:
+def _safe_headers(incoming: Request) -> dict[str, str]:
     found = {name: incoming.header(name) for name in SAFE_HEADERS}
     return {name: value[:200] for name, value in found.items() if value}

@@ -12,8 +12,9 @@ import logging
 import os
 from typing import Any
 
-from gunicorn.glogging import Logger as _GunicornLogger
 from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
+
+from .payloads import KINDS
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """One line per record for humans: time, level, module, message."""
@@ -26,21 +27,43 @@ SETTING = "BULKHOOK_LOG_FORMAT"
 
 FORMATS = ("json", "text")
 
-_ACCESS_FIELDS = {
-    "h": "remote_addr",
-    "m": "method",
-    "U": "path",
-    "s": "status",
-    "B": "bytes",
-    "a": "user_agent",
-}
-"""gunicorn's access-log atoms kept in a JSON access line (the query string is left out:
-it carries per-job callback tokens)."""
+ACCESS_LOGGER = "uvicorn.access"
+"""The web server's access log (uvicorn's worker under gunicorn): its records' arguments are
+client address, method, path with query, HTTP version and status code."""
+
+_CALLBACK_PATHS = frozenset(f"/callbacks/{kind}" for kind in KINDS)
+
+
+class AccessLines(logging.Filter):
+    """The web's access lines: never a query string (it carries per-job callback tokens), and
+    none for a callback the app logs itself.
+
+    A callback's own line has what the access line has (kind of path, answer and status
+    code, source, duration) and its ids besides: writing both cost some 5% of a callback's
+    CPU time under load. Every other request (health, metrics, the dashboard, a 405, or all
+    of them when the app's INFO lines are off) keeps its access line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != ACCESS_LOGGER or not isinstance(record.args, tuple):
+            return True
+        if len(record.args) != 5:
+            return True
+        client, method, path, version, status = record.args
+        path = str(path).split("?", 1)[0]
+        if method == "POST" and path in _CALLBACK_PATHS and _app_logs_callbacks():
+            return False
+        record.args = (client, method, path, version, status)
+        return True
+
+
+def _app_logs_callbacks() -> bool:
+    return logging.getLogger("service.receiver").isEnabledFor(logging.INFO)
 
 
 class JsonFormatter(_LibraryJsonFormatter):
-    """python-json-logger's formatter with bulkhook's field names, and gunicorn's access atoms
-    as fields instead of one formatted string."""
+    """python-json-logger's formatter with bulkhook's field names, and the access log's
+    arguments as fields instead of one formatted string."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("fmt", JSON_FIELDS)
@@ -50,37 +73,17 @@ class JsonFormatter(_LibraryJsonFormatter):
         super().__init__(*args, **kwargs)
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.name == "gunicorn.access" and isinstance(record.args, dict):
-            atoms = record.args
-            # A copy: other handlers of the same record still get gunicorn's atoms.
-            record = logging.makeLogRecord(record.__dict__)
-            record.msg, record.args = "access", ()
-            for atom, field in _ACCESS_FIELDS.items():
-                setattr(record, field, _int(atoms.get(atom)))
-            record.duration_ms = round(int(atoms.get("D", 0)) / 1000, 3)
+        if record.name == ACCESS_LOGGER and isinstance(record.args, tuple):
+            if len(record.args) == 5:
+                client, method, path, _, status = record.args
+                # A copy: other handlers of the same record still get its arguments.
+                record = logging.makeLogRecord(record.__dict__)
+                record.msg, record.args = "access", ()
+                record.remote_addr = str(client).rsplit(":", 1)[0]
+                record.method = method
+                record.path = str(path).split("?", 1)[0]
+                record.status = status
         return super().format(record)
-
-
-LOGGED = "bulkhook.logged"
-"""Set in a request's WSGI environ when the app wrote its own line for it (a callback)."""
-
-
-class GunicornLogger(_GunicornLogger):
-    """gunicorn's logger, without the access line of a request the app has logged itself.
-
-    A callback's own line has what the access line has (path, answer and status code, source,
-    duration) and its ids besides; writing both was some 5% of a callback's CPU time under
-    load. Every other request (health, metrics, the dashboard, a 405) keeps its access line.
-    """
-
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        if environ.get(LOGGED):
-            return
-        super().access(resp, req, environ, request_time)
-
-
-def _int(value: Any) -> Any:
-    return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
 def log_format(environ: dict[str, str] | None = None) -> str:
@@ -118,12 +121,14 @@ def gunicorn_config(level: str = "INFO") -> dict[str, Any]:
     handler = {
         "class": "logging.StreamHandler",
         "formatter": "bulkhook",
+        "filters": ["access"],
         "stream": "ext://sys.stdout",
     }
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": formatters,
+        "filters": {"access": {"()": "service.logs.AccessLines"}},
         "handlers": {"stdout": handler},
         "root": {"level": level, "handlers": ["stdout"]},
         "loggers": {

@@ -51,7 +51,7 @@ class Payload:
     event_id: str | None = None
 
 
-def decode(body: bytes) -> str:
+def decode(body: bytes | bytearray) -> str:
     """The body as text, or PayloadError if it is not UTF-8. UTF-8 is exact both ways:
     `text.encode()` gives back the very bytes that were signed."""
     try:

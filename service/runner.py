@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from . import handlers
+from . import asgi, handlers
 from .config import Settings
 from .embedded_redis import EmbeddedRedis
 
@@ -70,10 +70,10 @@ def run(
         settings.check_receiver()
         handlers.load(settings.handlers)
 
-        web = [sys.executable, "-m", "gunicorn"]
+        web = [sys.executable, "-m", "gunicorn", "--worker-class", asgi.WORKER_CLASS]
         if gunicorn_config is not None:
             web += ["--config", str(gunicorn_config)]
-        web += ["--bind", f"{host}:{port}", "service:create_app()"]
+        web += ["--bind", f"{host}:{port}", asgi.APP]
         children.append(("web", subprocess.Popen(web, env=env, start_new_session=True)))
         worker = [sys.executable, "-m", "service", "worker"]
         children.append(("worker", subprocess.Popen(worker, env=env, start_new_session=True)))

@@ -32,7 +32,7 @@ def sign(key: str | bytes, body: bytes) -> str:
     return f"{SCHEME}={base64.b64encode(digest).decode('ascii')}"
 
 
-def verify(header: str | None, body: bytes, keys: Iterable[str | bytes]) -> None:
+def verify(header: str | None, body: bytes | bytearray, keys: Iterable[str | bytes]) -> None:
     """Raise SignatureError unless `header` signs `body` with one of `keys`.
 
     Every key is compared, in constant time, whatever the outcome of the others, so the
@@ -49,7 +49,7 @@ def verify(header: str | None, body: bytes, keys: Iterable[str | bytes]) -> None
         raise SignatureError("signature does not match the body")
 
 
-def _digest(key: str | bytes, body: bytes) -> bytes:
+def _digest(key: str | bytes, body: bytes | bytearray) -> bytes:
     key_bytes = key.encode("utf-8") if isinstance(key, str) else key
     return hmac.new(key_bytes, body, hashlib.sha256).digest()
 

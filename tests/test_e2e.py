@@ -142,3 +142,23 @@ def test_bulkhook_send_posts_a_signed_body_and_prints_the_answer(stack: Stack, t
         "duplicate",
     )
     assert (wrong.returncode, wrong.stdout.splitlines()[0]) == (1, "HTTP 401 Unauthorized")
+
+
+def test_redis_down_gets_503_with_retry_after_from_the_server_and_then_202(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The web server's own path (asyncio Redis client): Redis stopped is a JSON 503 with
+    Retry-After, and the same callback is accepted once Redis is back."""
+    own = Stack(tmp_path_factory.mktemp("outage"), KEY, BULKHOOK_REDIS_TIMEOUT_SECONDS="0.5")
+    try:
+        body = json.dumps({"id": f"outage-{uuid.uuid4().hex[:8]}", "status": "COMPLETED"})
+        own.post(body.encode())  # the web's Redis client is made and connected
+        own.redis.stop()
+        refused = own.post(body.replace("outage-", "outage-2-").encode())
+        own.redis.start()
+        accepted = own.post(body.replace("outage-", "outage-2-").encode())
+    finally:
+        own.close()
+    assert refused.status_code == 503
+    assert refused.json()["status"] == "unavailable" and refused.headers["Retry-After"]
+    assert accepted.status_code == 202

@@ -152,18 +152,37 @@ def test_json_lines_carry_the_ids_as_fields() -> None:
     assert "T" in parsed["time"] and isinstance(parsed["pid"], int)
 
 
-def test_gunicorn_access_atoms_become_fields_without_the_query_string() -> None:
-    atoms = {"h": "10.0.0.9", "m": "POST", "U": "/callbacks/bulk", "q": "token=secret-token",
-             "s": "202", "B": "80", "D": "1234", "a": "curl/8"}  # fmt: skip
-    made = record("%(h)s %(r)s", name="gunicorn.access")
-    made.args = atoms  # as gunicorn passes them
+def access_record(method: str, path: str, status: int) -> logging.LogRecord:
+    """An access line as uvicorn's worker logs it."""
+    return record('%s - "%s %s HTTP/%s" %d', "10.0.0.9:51234", method, path, "1.1", status,
+                  name="uvicorn.access")  # fmt: skip
 
+
+def test_access_lines_become_fields_without_the_query_string() -> None:
+    made = access_record("GET", "/jobs/j-1?token=secret-token", 200)
+
+    assert logs.AccessLines().filter(made)
     parsed = json.loads(logs.JsonFormatter().format(made))
+    text = logging.Formatter(logs.TEXT_FORMAT).format(made)
 
-    assert parsed["message"] == "access"
-    assert parsed["method"] == "POST" and parsed["path"] == "/callbacks/bulk"
-    assert parsed["status"] == 202 and parsed["bytes"] == 80 and parsed["duration_ms"] == 1.234
-    assert "secret-token" not in json.dumps(parsed)
+    assert parsed["message"] == "access" and parsed["remote_addr"] == "10.0.0.9"
+    assert parsed["method"] == "GET" and parsed["path"] == "/jobs/j-1"
+    assert parsed["status"] == 200
+    assert "secret-token" not in json.dumps(parsed) and "secret-token" not in text
+
+
+def test_a_callback_has_no_access_line_while_the_app_logs_its_own() -> None:
+    receiver = logging.getLogger("service.receiver")
+    before = receiver.level
+    try:
+        receiver.setLevel(logging.INFO)
+        assert not logs.AccessLines().filter(access_record("POST", "/callbacks/bulk", 202))
+        assert logs.AccessLines().filter(access_record("GET", "/callbacks/bulk", 405))
+        assert logs.AccessLines().filter(access_record("POST", "/callbacks/other", 404))
+        receiver.setLevel(logging.WARNING)  # then the access line is the callback's only one
+        assert logs.AccessLines().filter(access_record("POST", "/callbacks/bulk", 202))
+    finally:
+        receiver.setLevel(before)
 
 
 @pytest.mark.parametrize(("setting", "expected"), [("text", "text"), ("JSON", "json"),
@@ -192,7 +211,7 @@ def json_lines(path: Path) -> list[dict]:
 def test_metrics_add_up_across_gunicorn_processes_and_logs_follow_a_delivery(
     tmp_path: Path,
 ) -> None:
-    stack = Stack(tmp_path, KEY, WEB_CONCURRENCY="3", GUNICORN_THREADS="1",
+    stack = Stack(tmp_path, KEY, WEB_CONCURRENCY="3",
                   BULKHOOK_HANDLERS="tests.handlers.record")  # fmt: skip
     try:
         count = 60
@@ -232,7 +251,7 @@ def test_metrics_add_up_across_gunicorn_processes_and_logs_follow_a_delivery(
     assert processed["answer"] == "done" and "duration_ms" in processed
     # A callback has one line, the app's, with its ids; gunicorn's access lines are the rest.
     assert len(accepted) == count
-    access = [line["path"] for line in web_lines if line.get("logger") == "gunicorn.access"]
+    access = [line["path"] for line in web_lines if line.get("logger") == "uvicorn.access"]
     assert "/metrics" in access and "/callbacks/bulk" not in access
     everything = (tmp_path / "web.log").read_text() + (tmp_path / "worker.log").read_text()
     assert KEY not in everything
