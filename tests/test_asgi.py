@@ -1,0 +1,180 @@
+"""The web server's app (service/asgi.py), spoken to in the ASGI protocol as uvicorn speaks it,
+on uvloop as uvicorn runs it (asyncio's own loop copies a large write whole, uvloop does not),
+with a real Redis behind it. The real server runs it in tests/test_e2e.py and the others that
+start the Procfile's web line; these cover what those do not reach."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+from service import jobs
+from service.asgi import create_asgi_app
+from service.delivery import record_key
+from service.signature import sign
+
+from .conftest import BULK_BODY, KEY
+
+Call = Callable[..., Awaitable[tuple[int, dict[str, str], dict[str, Any]]]]
+
+
+def caller(app: Any) -> Call:
+    """A function that sends one request to `app` and returns status, headers and JSON body."""
+
+    async def call(
+        method: str,
+        path: str,
+        body: bytes = b"",
+        *,
+        query: str = "",
+        headers: dict[str, str] | None = None,
+        piece: int = 64 * 1024,
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        # Views, not copies: a test that measures memory counts only the app's own.
+        view = memoryview(body)
+        pieces = [view[i : i + piece] for i in range(0, len(body), piece)] or [view]
+        messages = [{"type": "http.request", "body": p, "more_body": n < len(pieces) - 1}
+                    for n, p in enumerate(pieces)]  # fmt: skip
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+                 "query_string": query.encode(), "root_path": "",
+                 "headers": [(k.lower().encode(), v.encode())
+                             for k, v in (headers or {}).items()],
+                 "client": ("10.0.0.1", 50000), "server": ("127.0.0.1", 8000)}  # fmt: skip
+        await app(scope, receive, send)
+        start = sent[0]
+        answer = b"".join(m.get("body", b"") for m in sent[1:])
+        names = {k.decode(): v.decode() for k, v in start["headers"]}
+        return start["status"], names, json.loads(answer)
+
+    return call
+
+
+async def shut_down(app: Any) -> None:
+    """The lifespan protocol's end, as uvicorn runs it when a worker stops: the app closes
+    its Redis client."""
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def signed(body: bytes, **more: str) -> dict[str, str]:
+    return {"Elements-Webhook-Signature": sign(KEY, body), "Content-Type": "application/json",
+            "Content-Length": str(len(body)), **more}  # fmt: skip
+
+
+def test_callbacks_are_recorded_and_other_paths_go_to_flask(config, conn) -> None:
+    app = create_asgi_app(config)
+    call = caller(app)
+
+    async def scenario():
+        first = await call("POST", "/callbacks/bulk", BULK_BODY, headers=signed(BULK_BODY))
+        again = await call("POST", "/callbacks/bulk", BULK_BODY, headers=signed(BULK_BODY))
+        unsigned = await call("POST", "/callbacks/bulk", BULK_BODY)
+        method = await call("GET", "/callbacks/bulk")
+        health = await call("GET", "/healthz")
+        await shut_down(app)
+        return first, again, unsigned, method, health
+
+    first, again, unsigned, method, health = uvloop.run(scenario())
+
+    assert first[0] == 202 and first[2]["status"] == "accepted"
+    assert conn.hget(record_key(first[2]["delivery_id"]), "body") == BULK_BODY
+    assert again[0] == 200 and again[2]["delivery_id"] == first[2]["delivery_id"]
+    assert unsigned[0] == 401 and unsigned[2]["status"] == "unauthorized"
+    assert method[0] == 405 and method[1]["allow"] == "POST"
+    assert health[0] == 200 and health[2]["status"] == "ok"
+
+
+def test_bodies_over_the_limit_get_413_whether_announced_or_chunked(config, conn) -> None:
+    config["BULKHOOK_MAX_BODY_BYTES"] = "1024"
+    app = create_asgi_app(config)
+    call = caller(app)
+    body = json.dumps({"id": "1", "status": "COMPLETED", "pad": "x" * 2000}).encode()
+
+    async def scenario():
+        announced = await call("POST", "/callbacks/bulk", body, headers=signed(body))
+        chunked = await call("POST", "/callbacks/bulk", body, piece=100,
+                             headers={"Elements-Webhook-Signature": sign(KEY, body)})  # fmt: skip
+        await shut_down(app)
+        return announced, chunked
+
+    for status, _, answer in uvloop.run(scenario()):
+        assert status == 413 and answer["status"] == "too_large"
+    assert list(conn.scan_iter("bulkhook:delivery:*")) == []
+
+
+def test_strict_mode_and_trusted_proxies(config, conn) -> None:
+    config["BULKHOOK_STRICT_JOBS"] = "true"
+    config["BULKHOOK_TRUSTED_PROXIES"] = "1"
+    token = jobs.new_token()
+    jobs.record_started(conn, "777", object_name="contacts", direction=jobs.UPLOAD,
+                        callback=jobs.callback_url("http://hooks.example", token),
+                        token=token)  # fmt: skip
+    app = create_asgi_app(config)
+    call = caller(app)
+    body = b'{"id": "777", "status": "COMPLETED"}'
+    forwarded = signed(body, **{"X-Forwarded-For": "203.0.113.7, 198.51.100.2"})
+
+    async def scenario():
+        unknown = await call("POST", "/callbacks/bulk", BULK_BODY, headers=signed(BULK_BODY))
+        wrong = await call("POST", "/callbacks/bulk", body, query="token=nope", headers=forwarded)
+        right = await call("POST", "/callbacks/bulk", body, query=f"token={token}",
+                           headers=forwarded)  # fmt: skip
+        await shut_down(app)
+        return unknown, wrong, right
+
+    unknown, wrong, right = uvloop.run(scenario())
+
+    assert unknown[0] == 404 and unknown[2]["status"] == "unknown_job"
+    assert wrong[0] == 404 and "token" in wrong[2]["detail"]
+    assert right[0] == 202
+    # One proxy trusted: the address it saw, not the peer's, and not the forged first entry.
+    assert conn.hget(record_key(right[2]["delivery_id"]), "remote_addr") == b"198.51.100.2"
+
+
+def test_a_large_body_is_held_at_most_twice_while_it_is_taken(config, conn) -> None:
+    """As through the WSGI path (test_receiver): bytes, text and document never all alive."""
+    size = 8 * 1024 * 1024
+    doc = json.dumps({"message": {"eventId": "big-asgi", "raw": {"pad": ""}}})
+    body = doc.replace('"pad": ""', '"pad": "' + "x" * (size - len(doc)) + '"').encode()
+    app = create_asgi_app(config)
+    call = caller(app)
+    headers = signed(body)
+
+    async def scenario():
+        await call("POST", "/callbacks/bulk", BULK_BODY, headers=signed(BULK_BODY))  # warm up
+        tracemalloc.start()
+        try:
+            answer = await call("POST", "/callbacks/events", body, headers=headers)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        await shut_down(app)
+        return answer, peak
+
+    (status, _, answer), peak = uvloop.run(scenario())
+
+    assert status == 202
+    assert peak < 2.1 * size, f"{peak / size:.2f} copies"
+    assert conn.hget(record_key(answer["delivery_id"]), "body") == body
