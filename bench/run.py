@@ -69,8 +69,8 @@ class Target:
     pids: list[int] = field(default_factory=list)
     processes: list[subprocess.Popen] = field(default_factory=list)
     settle: Callable[[], float] = lambda: 0.0
-    """Before each of its rounds: finish (or, for the floor, drop) what earlier rounds left
-    for its workers, so that every round starts from the same state; returns the seconds."""
+    """Before each round: finish (or, for the floor, drop) what earlier rounds left for its
+    workers, so that every round starts from the same state; returns the seconds."""
 
     def stop(self) -> None:
         """Stop its processes: the floor's RQ worker, left with the rounds' backlog, would
@@ -406,7 +406,10 @@ def main() -> None:
                 for number in range(args.rounds):
                     for target in targets:
                         seconds = args.seconds if kind == "bulk" else max(2, args.seconds - 2)
-                        settled = target.settle()
+                        # Everyone's leftovers, not only this target's: the floor's worker
+                        # would otherwise go on with its last round's tasks during the next
+                        # target's round, and an append-only-file rewrite would too.
+                        settled = round(sum(t.settle() for t in targets) + bench.settle(), 1)
                         figures = wrk(target, kind, concurrency, seconds, tmp)
                         figures["settled_s"] = settled
                         results["rounds"][case][target.name].append(figures)
