@@ -106,6 +106,9 @@ class CallbackASGI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await self._lifespan(receive, send)
+        if scope["type"] == "websocket":
+            # Nothing here speaks WebSocket; closing before accepting is uvicorn's 403.
+            return await send({"type": "websocket.close", "code": 1008})
         kind = PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
         if kind is None:
             return await self.inner(scope, receive, send)

@@ -1,11 +1,14 @@
-"""The two callback endpoints, served as plain WSGI in front of Flask: read the raw bytes,
-verify, record, answer.
+"""The two callback endpoints: read the raw bytes, verify, record, answer.
 
 They are the hot path (every sender's request) and need nothing Flask adds: no routing beyond
 two exact paths, no request or response objects, no context. Measured in-process, Flask's
-machinery was about as costly as the rest of a callback, so these two paths answer here
-and everything else (health, metrics, the dashboard) goes on to Flask. Answers have the same
-JSON shape as the rest of the service.
+machinery was about as costly as the rest of a callback, so these two paths answer in front
+of Flask, and everything else (health, metrics, the dashboard) goes on to it. Answers have
+the same JSON shape as the rest of the service.
+
+The steps (`check`, the intake script, `recorded`) do no I/O of their own: `CallbackApp`
+runs them as WSGI, blocking on Redis (the tests, any WSGI server), and `asgi.py` runs them
+on asyncio for the web server.
 """
 
 from __future__ import annotations

@@ -131,27 +131,6 @@ def prepare(
     return Write(delivery_id, keys, args)
 
 
-def accept(
-    accept_script: Script,
-    queue: Queue,
-    settings: Settings,
-    payload: Payload,
-    body: bytes,
-    *,
-    signed: bool,
-    webhook_id: str | None,
-    remote_addr: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Receipt:
-    """Record the delivery and queue it for a drain; return the earlier delivery if a duplicate.
-
-    Raises redis.RedisError when Redis cannot take it: then nothing was written.
-    """
-    write = prepare(queue, settings, payload, body, signed=signed, webhook_id=webhook_id,
-                    remote_addr=remote_addr, headers=headers)  # fmt: skip
-    return write.receipt(run(accept_script, write, settings))
-
-
 _templates: dict[str, tuple[str, bytes]] = {}
 
 

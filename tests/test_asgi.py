@@ -178,3 +178,20 @@ def test_a_large_body_is_held_at_most_twice_while_it_is_taken(config, conn) -> N
     assert status == 202
     assert peak < 2.1 * size, f"{peak / size:.2f} copies"
     assert conn.hget(record_key(answer["delivery_id"]), "body") == body
+
+
+def test_a_websocket_is_refused(config) -> None:
+    app = create_asgi_app(config)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "path": "/callbacks/bulk",
+             "headers": [], "query_string": b""}  # fmt: skip
+    uvloop.run(app(scope, receive, send))
+
+    assert sent == [{"type": "websocket.close", "code": 1008}]
