@@ -30,9 +30,9 @@ from .callbacks import (
     PATHS,
     Answer,
     Seen,
-    _unknown_job,
     check,
     encode,
+    not_our_job,
     observe,
     recorded,
     reply,
@@ -147,7 +147,7 @@ class CallbackASGI:
         try:
             if settings.strict_jobs:
                 # Two reads of the job's record: the blocking client, off the event loop.
-                reason = await asyncio.to_thread(_unknown_job, parts, checked.payload, request)
+                reason = await asyncio.to_thread(not_our_job, parts, checked.payload, request)
                 if reason is not None:
                     return unknown_job(reason, seen)
             if self._script is None:

@@ -175,7 +175,7 @@ def take(parts: Runtime, kind: str, incoming: Incoming, seen: Seen) -> Answer:
     if isinstance(checked, Answer):
         return checked
     try:
-        unknown = _unknown_job(parts, checked.payload, incoming) if settings.strict_jobs else None
+        unknown = not_our_job(parts, checked.payload, incoming) if settings.strict_jobs else None
         if unknown is not None:
             return unknown_job(unknown, seen)
         write = checked.write(parts)  # its first call in a process asks Redis its version
@@ -328,7 +328,7 @@ def reply(
     return Answer(code, {"status": status, "detail": detail, **extra}, headers or [])
 
 
-def _unknown_job(parts: Runtime, payload: payloads.Payload, incoming: Request) -> str | None:
+def not_our_job(parts: Runtime, payload: payloads.Payload, incoming: Request) -> str | None:
     """In strict mode, why a bulk callback is not for a job bulkhook started (None if it is)."""
     if payload.kind != payloads.BULK or payload.job_id is None:
         return None
