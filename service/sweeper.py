@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from redis import Redis
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.utils import parse_composite_key
 
@@ -72,25 +72,30 @@ def sweep(conn: Redis, settings: Settings) -> list[str]:
 
 def _held(conn: Redis, fields: dict[str, str], cutoff: float, running: set[str]) -> bool:
     """Whether a drain or RQ still has the delivery somewhere it will come out of by itself."""
-    task_id = fields["id"]
-    job = fetch_task(conn, task_id)
-    if job is None:
-        taken_by = fields.get("taken_by")
-        if taken_by is None:
-            return True  # in the drain's list: intake put it there, only a drain takes it out
-        if float(fields.get("taken_at", "0")) > cutoff:
-            return True  # taken recently, maybe by a drain that started after `running` was read
-        # The drain that took it is at work, or RQ will run it again (its horse died), and it
-        # takes its deliveries again first.
-        drainer = fetch_task(conn, taken_by)
-        waiting = (JobStatus.QUEUED, JobStatus.SCHEDULED)
-        return taken_by in running or (drainer is not None and drainer.get_status() in waiting)
+    job = fetch_task(conn, fields["id"])
+    if job is not None:
+        if job.get_status(refresh=False) == JobStatus.FAILED:
+            return True  # dead-lettered: left for a person (`bulkhook failed`)
+        return _rq_has(conn, job, cutoff, running)
+    taken_by = fields.get("taken_by")
+    if taken_by is None:
+        return True  # in the drain's list: intake put it there, only a drain takes it out
+    if float(fields.get("taken_at", "0")) > cutoff:
+        return True  # taken recently, maybe by a drain that started after `running` was read
+    # The drain that took it is at work, or RQ will run it again (its horse died), and it
+    # takes its deliveries again first. Judged as a delivery's own task is: a drain RQ says
+    # is queued but that is in no queue would never take them again.
+    drainer = fetch_task(conn, taken_by)
+    return drainer is not None and _rq_has(conn, drainer, cutoff, running)
+
+
+def _rq_has(conn: Redis, job: Job, cutoff: float, running: set[str]) -> bool:
+    """Whether RQ holds `job` somewhere it will run it from by itself."""
+    task_id = job.id
     moments = [job.enqueued_at, job.started_at, job.ended_at, job.last_heartbeat]
     if any(m is not None and _timestamp(m) > cutoff for m in moments):
         return True  # moved recently: it may be between two places right now
     status = job.get_status(refresh=False)
-    if status == JobStatus.FAILED:
-        return True  # dead-lettered: left for a person (`bulkhook failed`)
     if status == JobStatus.STARTED:
         return task_id in running
     queue = task_queue(conn)

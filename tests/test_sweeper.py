@@ -78,6 +78,20 @@ def test_delivery_taken_by_a_drain_rq_will_run_again_is_left_alone(client, conn,
     assert sweep(conn, settings) == []
 
 
+def test_delivery_taken_by_a_drain_rq_says_is_queued_but_is_in_no_queue_is_queued_again(
+    client, conn, settings
+) -> None:
+    delivery_id = accepted(client, conn)
+    queue = task_queue(conn)
+    queue.enqueue_call(drain.TASK, job_id="drain-stranded")
+    conn.lrem(queue.key, 0, "drain-stranded")  # one of RQ's stranding cases
+    drain.take(conn, "drain-stranded", 10)
+    conn.hset(record_key(delivery_id), "taken_at", time.time() - 30)
+    time.sleep(1.2)  # the drain task, too, older than BULKHOOK_SWEEP_AFTER_SECONDS
+
+    assert sweep(conn, settings) == [delivery_id]
+
+
 def test_delivery_just_taken_by_a_drain_is_left_alone(client, conn, settings) -> None:
     delivery_id = accepted(client, conn)
     # Taken after the sweeper read the running drains: too recent to call lost.
