@@ -13,7 +13,6 @@ runs behind a2wsgi, in a thread pool, as under a threaded WSGI server.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -32,18 +31,17 @@ from .callbacks import (
     Seen,
     check,
     encode,
+    internal_error,
     not_our_job,
+    not_posted,
     observe,
     recorded,
-    reply,
     too_large,
     unavailable,
     unknown_job,
 )
 from .connection import connect_async
 from .runtime import EXTENSION, Runtime
-
-log = logging.getLogger("service.receiver")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -113,9 +111,7 @@ class CallbackASGI:
         if kind is None:
             return await self.inner(scope, receive, send)
         if scope["method"] != "POST":
-            answer = reply(405, "method_not_allowed", "callbacks are POSTed",
-                           headers=[("Allow", "POST")])  # fmt: skip
-            return await _send(send, answer)
+            return await _send(send, not_posted())
         started = time.perf_counter()
         seen = Seen(kind)
         request = AsgiRequest(scope, self.runtime.settings.trusted_proxies)
@@ -124,10 +120,7 @@ class CallbackASGI:
         except ClientGone:
             return
         except Exception:
-            # A bug, not bad input: logged with its traceback, answered without it.
-            log.exception("unexpected error while taking a %s callback", kind)
-            seen.answer, seen.detail = "error", "internal error"
-            answer = reply(500, "internal_server_error", "the server failed; retry later")
+            answer = internal_error(kind, seen)
         observe(seen, answer.code, started, request.remote_addr)
         await _send(send, answer)
 

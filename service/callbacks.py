@@ -142,19 +142,14 @@ class CallbackApp:
         if kind is None:
             return self.inner(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
-            answer = reply(405, "method_not_allowed", "callbacks are POSTed",
-                           headers=[("Allow", "POST")])  # fmt: skip
-            return _send(start_response, answer)
+            return _send(start_response, not_posted())
         started = time.perf_counter()
         seen = Seen(kind)
         incoming = Incoming(environ)
         try:
             answer = take(self.runtime, kind, incoming, seen)
         except Exception:
-            # A bug, not bad input: logged with its traceback, answered without it.
-            log.exception("unexpected error while taking a %s callback", kind)
-            seen.answer, seen.detail = "error", "internal error"
-            answer = reply(500, "internal_server_error", "the server failed; retry later")
+            answer = internal_error(kind, seen)
         observe(seen, answer.code, started, incoming.remote_addr)
         return _send(start_response, answer)
 
@@ -239,6 +234,18 @@ def check(
     del text
     return Checked(payload, body, signed, webhook_id, incoming.remote_addr,
                    _safe_headers(incoming))  # fmt: skip
+
+
+def not_posted() -> Answer:
+    return reply(405, "method_not_allowed", "callbacks are POSTed", headers=[("Allow", "POST")])
+
+
+def internal_error(kind: str, seen: Seen) -> Answer:
+    """A bug, not bad input: logged with its traceback (call it in an except block),
+    answered without it."""
+    log.exception("unexpected error while taking a %s callback", kind)
+    seen.answer, seen.detail = "error", "internal error"
+    return reply(500, "internal_server_error", "the server failed; retry later")
 
 
 def too_large(settings: Settings, seen: Seen) -> Answer:
