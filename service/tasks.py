@@ -15,6 +15,7 @@ from .config import Settings
 from .connection import later_retry, task_queue
 from .intake import TASK, task_options
 from .payloads import BULK
+from .successes import Success, Successes, text
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,10 @@ def process_delivery(delivery_id: str) -> str:
         return "already done"
     attempts = int(fields.get("attempts", "0")) + 1
     delivery.update(conn, delivery_id, state=delivery.PROCESSING, attempts=attempts)
-    _attempt(conn, settings, fields, body, attempts, final=not job.retries_left)
+    success = _attempt(conn, settings, fields, body, attempts, final=not job.retries_left)
+    written = Successes(conn, settings.dedup_ttl_seconds)
+    written.add(success)
+    written.flush()
     return "done"
 
 
@@ -65,6 +69,7 @@ def drain() -> str:
         drainer.ensure(conn, queue)  # a backlog: let another worker drain beside us
     deadline = time.monotonic() + drainer.BUDGET_SECONDS
     done = handed = 0
+    successes = Successes(conn, settings.dedup_ttl_seconds)
     # A retry of this drain (its work horse died) first takes again what it had taken.
     taken = drainer.take(conn, job.id, drainer.BATCH, again=True)
     while True:
@@ -78,11 +83,17 @@ def drain() -> str:
             break
         for _, fields, body in taken:
             try:
-                _attempt(conn, settings, fields, body, int(fields["attempts"]), final=False)
-                done += 1
+                success = _attempt(conn, settings, fields, body, int(fields["attempts"]),
+                                   final=False)  # fmt: skip
             except Exception:
                 _hand_to_rq(queue, settings, fields)
                 handed += 1
+                continue
+            successes.add(success)
+            done += 1
+        # Written before the drain forgets what it took: a retry of it takes again only
+        # what has no outcome recorded.
+        successes.flush()
         drainer.done_with(conn, job.id)
         taken = []
         if time.monotonic() > deadline:
@@ -104,9 +115,10 @@ def _hand_to_rq(queue: Queue, settings: Settings, fields: dict[str, str]) -> Non
 def _attempt(
     conn: Redis, settings: Settings, fields: dict[str, str], body: bytes, attempts: int,
     *, final: bool,
-) -> None:  # fmt: skip
-    """One attempt at a delivery marked processing: run it, record the outcome; raise if it
-    failed (after recording it as queued for a retry, or failed when `final`).
+) -> Success:  # fmt: skip
+    """One attempt at a delivery marked processing: run it and return its success, for the
+    caller to write (`service/successes.py`); raise if it failed (after recording it as
+    queued for a retry, or failed when `final`).
 
     A bulk callback, when the Open Connectors API is configured, only hints that its job
     changed: the job pipeline re-reads it and runs the handlers on the job's outcome.
@@ -143,24 +155,18 @@ def _attempt(
         )
         raise
 
-    with conn.pipeline() as pipe:
-        record = delivery.record_key(delivery_id)
-        delivery.update(pipe, delivery_id, state=delivery.DONE, outcome=outcome[:_MAX_TEXT],
-                        started_at=started_at, **progress)  # fmt: skip
-        # The body was kept only so the task could run again; the record stays a while,
-        # with the start of the body for people looking at it (the dashboard).
-        pipe.hset(record, "preview", body[: delivery.PREVIEW_BYTES].decode("utf-8", "replace"))
-        pipe.hdel(record, "body")
-        pipe.hincrby(metrics.TASKS_KEY, "succeeded", 1)
-        pipe.expire(record, settings.dedup_ttl_seconds)
-        pipe.zrem(delivery.PENDING_KEY, delivery_id)
-        pipe.execute()
-    log.info(
-        "delivery %s processed (attempt %d): %s",
+    # The body was kept only so the task could run again; the record stays a while, with
+    # the start of the body for people looking at it (the dashboard).
+    preview = body[: delivery.PREVIEW_BYTES].decode("utf-8", "replace")
+    written = {"state": delivery.DONE, "outcome": text(outcome[:_MAX_TEXT]),
+               "started_at": started_at, "preview": preview,
+               **{name: text(value) for name, value in progress.items()}}  # fmt: skip
+    return Success(
         delivery_id,
-        attempts,
-        outcome,
-        extra={**ids, "attempt": attempts, "answer": "done", **_took(started)},
+        written,
+        started,
+        ("delivery %s processed (attempt %d): %s", delivery_id, attempts, written["outcome"]),
+        {**ids, "attempt": attempts, "answer": "done", **_took(started)},
     )
 
 

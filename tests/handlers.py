@@ -139,3 +139,23 @@ def fails_until_allowed(item) -> str:
         raise RuntimeError("downstream system unavailable")
     _append("fails_until_allowed", item)
     return "delivered after all"
+
+
+def states(delivery: Delivery) -> str:
+    """Append the state of every delivery's record as Redis has it while this handler runs
+    (after sleeping BULKHOOK_TEST_HANDLER_SECONDS, if set: a slow handler)."""
+    import time
+
+    from rq import get_current_job
+
+    time.sleep(float(os.environ.get("BULKHOOK_TEST_HANDLER_SECONDS", "0")))
+    job = get_current_job()
+    assert job is not None, "runs in an RQ worker"
+    conn = job.connection
+    seen = {
+        key.decode().rsplit(":", 1)[1]: conn.hget(key, "state").decode()
+        for key in conn.scan_iter("bulkhook:delivery:*")
+    }
+    with open(os.environ["BULKHOOK_TEST_OUTPUT"], "a") as out:
+        out.write(json.dumps({"handler": "states", "id": delivery.id, "states": seen}) + "\n")
+    return "seen"

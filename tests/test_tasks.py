@@ -209,3 +209,53 @@ def test_a_delivery_failing_in_a_drain_does_not_hold_up_the_others(
     for delivery_id in (first, second):
         assert conn.hget(record_key(delivery_id), "state") == b"done"
         assert conn.hget(record_key(delivery_id), "attempts") == b"2"
+
+
+def _post_jobs(client, count: int) -> list[str]:
+    return [
+        post(
+            client, "bulk", json.dumps({"id": f"job-{n}", "status": "COMPLETED"}).encode()
+        ).get_json()["delivery_id"]
+        for n in range(count)
+    ]
+
+
+def test_a_drain_writes_successes_together(client, conn, handler_output, monkeypatch):
+    from service import successes
+
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.states")
+    monkeypatch.setattr(successes, "FLUSH_SECONDS", 60.0)  # every handler is quick, then
+    ids = _post_jobs(client, 4)
+
+    work(conn)
+
+    seen = [line["states"] for line in read(handler_output)]
+    # While the last ran, the others' successes were still waiting to be written with it.
+    assert seen[-1] == {i: "processing" for i in ids}
+    for delivery_id in ids:
+        record = conn.hgetall(record_key(delivery_id))
+        assert record[b"state"] == b"done" and record[b"outcome"] == b"tests.handlers.states: seen"
+        assert b"body" not in record and b"preview" in record
+        assert conn.ttl(record_key(delivery_id)) > 0
+    assert conn.zcard("bulkhook:pending") == 0
+    assert conn.hget("bulkhook:metrics:tasks", "succeeded") == b"4"
+
+
+def test_a_slow_handler_has_its_success_written_at_once(client, conn, handler_output, monkeypatch):
+    from service import successes
+
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.states")
+    monkeypatch.setenv("BULKHOOK_TEST_HANDLER_SECONDS", str(successes.FLUSH_SECONDS * 2))
+    ids = _post_jobs(client, 3)
+
+    work(conn)
+
+    seen = [line["states"] for line in read(handler_output)]
+    # Each ran with every earlier success written: a worker killed now would not run the
+    # earlier deliveries' handlers again.
+    # (The drain took all three at once: each is processing until its success is written.)
+    assert seen == [
+        {ids[0]: "processing", ids[1]: "processing", ids[2]: "processing"},
+        {ids[0]: "done", ids[1]: "processing", ids[2]: "processing"},
+        {ids[0]: "done", ids[1]: "done", ids[2]: "processing"},
+    ]
