@@ -2,8 +2,10 @@
 
 gunicorn runs it with uvicorn's worker (`deploy/gunicorn.conf.py`): HTTP is parsed in C
 (httptools) and the Redis round trip is awaited, so one process takes many callbacks at once
-without threads. Measured on 2 cores under wrk, a callback cost the web about 700 us of CPU
-under gunicorn's threaded worker and about 400 us here (README, "Performance").
+without threads; the callbacks that reach Redis in the same turn of the event loop share one
+round trip (`autopipeline.py`). Measured on 2 cores under wrk, a callback cost the web about
+700 us of CPU under gunicorn's threaded worker, about 400 us here with one round trip each,
+and 240-380 us with them shared (README, "Performance").
 
 The callback logic is callbacks.py's own steps (`check`, the intake script, `recorded`);
 only reading the body and calling Redis differ. Flask (health, metrics, OpenAPI, dashboard)
@@ -20,11 +22,11 @@ from urllib.parse import parse_qs
 
 from a2wsgi import WSGIMiddleware
 from redis import RedisError
-from redis.commands.core import AsyncScript
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_list_header
 
 from . import create_app, intake
+from .autopipeline import IntakePipeline
 from .callbacks import (
     PATHS,
     Answer,
@@ -99,7 +101,7 @@ class CallbackASGI:
     def __init__(self, runtime: Runtime, inner: Callable[..., Awaitable[None]]) -> None:
         self.runtime = runtime
         self.inner = inner
-        self._script: AsyncScript | None = None
+        self._intake: IntakePipeline | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -143,13 +145,14 @@ class CallbackASGI:
                 reason = await asyncio.to_thread(not_our_job, parts, checked.payload, request)
                 if reason is not None:
                     return unknown_job(reason, seen)
-            if self._script is None:
-                self._script = intake.script_async(connect_async(settings))
+            if self._intake is None:
+                client = connect_async(settings)
+                self._intake = IntakePipeline(client, intake.SCRIPT, settings)
                 # The first write asks Redis its version (RQ's job fields): off the loop.
                 write = await asyncio.to_thread(checked.write, parts)
             else:
                 write = checked.write(parts)
-            earlier = await intake.run_async(self._script, write, settings)
+            earlier = await self._intake.run(write)
         except RedisError as exc:
             return unavailable(exc, seen)
         return recorded(checked.payload, write.receipt(earlier), seen)
@@ -160,8 +163,8 @@ class CallbackASGI:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._script is not None:
-                    await self._script.registered_client.aclose()
+                if self._intake is not None:
+                    await self._intake.client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

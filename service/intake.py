@@ -19,8 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from redis import Redis, RedisError
-from redis.asyncio import Redis as AsyncRedis
-from redis.commands.core import AsyncScript, Script
+from redis.commands.core import Script
 from rq import Queue
 from rq.utils import utcformat
 
@@ -70,8 +69,8 @@ class Receipt:
 
 @dataclass(frozen=True)
 class Write:
-    """The intake script's call for one callback, ready to run: sync (`run`) or async
-    (`run_async`), the same keys and arguments either way."""
+    """The intake script's call for one callback, ready to run: alone (`run`), or with the
+    calls of other callbacks in one pipeline (`autopipeline.py`)."""
 
     delivery_id: str
     keys: list[Any]
@@ -79,7 +78,8 @@ class Write:
 
     def receipt(self, earlier: bytes | None) -> Receipt:
         """What the script's answer means: the earlier delivery's id if it was a duplicate."""
-        if earlier is not None:
+        # Its own id: the script ran, the reply was lost and the client's retry ran it again.
+        if earlier is not None and earlier.decode() != self.delivery_id:
             return Receipt(delivery_id=earlier.decode(), duplicate=True)
         return Receipt(delivery_id=self.delivery_id, duplicate=False)
 
@@ -163,23 +163,17 @@ def run(accept_script: Script, write: Write, settings: Settings) -> bytes | None
     return cast(bytes | None, earlier)
 
 
-async def run_async(accept_script: AsyncScript, write: Write, settings: Settings) -> bytes | None:
-    """`run`, on an asyncio client (the web's event loop)."""
-    wanted = settings.redis_min_replicas
-    if not wanted:
-        return cast(bytes | None, await accept_script(keys=write.keys, args=write.args))
-    pipe = accept_script.registered_client.pipeline(transaction=False)
-    # redis-py's hint leaves out the pipelines its scripts take.
-    await accept_script(keys=write.keys, args=write.args, client=pipe)  # type: ignore[arg-type]
-    pipe.wait(wanted, settings.redis_replica_wait_ms)
-    earlier, confirmed = await pipe.execute()
-    _require_replicas(confirmed, wanted)
-    return cast(bytes | None, earlier)
-
-
 def _require_replicas(confirmed: int, wanted: int) -> None:
+    missing = replicas_missing(confirmed, wanted)
+    if missing is not None:
+        raise missing
+
+
+def replicas_missing(confirmed: int, wanted: int) -> NotReplicated | None:
+    """The error for a write WAIT says too few replicas confirmed, or None."""
     if confirmed < wanted:
-        raise NotReplicated(f"{confirmed} of {wanted} replica(s) confirmed the write")
+        return NotReplicated(f"{confirmed} of {wanted} replica(s) confirmed the write")
+    return None
 
 
 def task_options(settings: Settings, fields: dict[str, str]) -> dict[str, Any]:
@@ -196,11 +190,10 @@ def task_options(settings: Settings, fields: dict[str, str]) -> dict[str, Any]:
     }
 
 
+SCRIPT = _ACCEPT
+"""The intake script's text (`autopipeline.py` loads it itself)."""
+
+
 def script(conn: Redis) -> Script:
     """The intake script bound to `conn`; made once per process (create_app), not per request."""
-    return conn.register_script(_ACCEPT)
-
-
-def script_async(conn: AsyncRedis) -> AsyncScript:
-    """The intake script bound to an asyncio client (the web's, `asgi.py`)."""
     return conn.register_script(_ACCEPT)

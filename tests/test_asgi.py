@@ -5,6 +5,7 @@ start the Procfile's web line; these cover what those do not reach."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -12,9 +13,10 @@ from typing import Any
 
 import uvloop
 
-from service import jobs
+from service import intake, jobs
 from service.asgi import create_asgi_app
 from service.delivery import record_key
+from service.embedded_redis import free_port
 from service.signature import sign
 
 from .conftest import BULK_BODY, KEY
@@ -195,3 +197,105 @@ def test_a_websocket_is_refused(config) -> None:
     uvloop.run(app(scope, receive, send))
 
     assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def _bulk(job: str) -> bytes:
+    return json.dumps({"id": job, "status": "COMPLETED"}).encode()
+
+
+def _post_at_once(config: dict[str, str], bodies: list[bytes]) -> list:
+    """Send every body at once to a new app; its answers in the same order."""
+    app = create_asgi_app(config)
+    call = caller(app)
+
+    async def scenario():
+        answers = await asyncio.gather(
+            *(call("POST", "/callbacks/bulk", body, headers=signed(body)) for body in bodies)
+        )
+        await shut_down(app)  # a loop closed with the client open hangs in uvloop's close
+        return answers
+
+    return uvloop.run(scenario())
+
+
+def test_concurrent_callbacks_share_a_round_trip_and_each_gets_its_own_answer(config, conn) -> None:
+    app = create_asgi_app(config)
+    call = caller(app)
+    bodies = [_bulk(f"job-{n}") for n in range(20)] + [_bulk("job-0")]
+
+    async def scenario():
+        await call("POST", "/callbacks/bulk", BULK_BODY, headers=signed(BULK_BODY))  # warm up
+        before = conn.info("stats")["total_reads_processed"]
+        answers = await asyncio.gather(
+            *(call("POST", "/callbacks/bulk", body, headers=signed(body)) for body in bodies)
+        )
+        reads = conn.info("stats")["total_reads_processed"] - before
+        await shut_down(app)
+        return answers, reads
+
+    answers, reads = uvloop.run(scenario())
+
+    # 21 script calls reached Redis in far fewer reads of its sockets (one pipeline; the
+    # INFO commands above are two of them).
+    assert reads <= 4, reads
+    statuses = [(status, answer["status"]) for status, _, answer in answers]
+    assert statuses == [(202, "accepted")] * 20 + [(200, "duplicate")]
+    ids = [answer["delivery_id"] for _, _, answer in answers]
+    assert len(set(ids[:20])) == 20 and ids[20] == ids[0]
+    for body, delivery_id in zip(bodies[:20], ids[:20], strict=True):
+        assert conn.hget(record_key(delivery_id), "body") == body
+
+
+def test_the_intake_script_is_loaded_again_after_redis_forgot_it(config, conn) -> None:
+    app = create_asgi_app(config)
+    call = caller(app)
+
+    async def scenario():
+        first = await call("POST", "/callbacks/bulk", _bulk("a"), headers=signed(_bulk("a")))
+        conn.script_flush()  # as after a restart without persistence, or a failover
+        second = await call("POST", "/callbacks/bulk", _bulk("b"), headers=signed(_bulk("b")))
+        await shut_down(app)
+        return first, second
+
+    first, second = uvloop.run(scenario())
+
+    assert first[0] == second[0] == 202
+    assert conn.hget(record_key(second[2]["delivery_id"]), "body") == _bulk("b")
+
+
+def test_every_callback_of_a_failed_round_trip_gets_503(config) -> None:
+    config["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    config["BULKHOOK_REDIS_TIMEOUT_SECONDS"] = "0.5"
+    bodies = [_bulk(f"job-{n}") for n in range(5)]
+
+    for status, headers, answer in _post_at_once(config, bodies):
+        assert status == 503 and answer["status"] == "unavailable"
+        assert headers["retry-after"]
+
+
+def test_too_few_replicas_fail_each_write_of_the_round_trip(config, conn) -> None:
+    """WAIT once at the end of the pipeline: with no replica, every callback in it gets 503,
+    and each write did reach the primary (the sender's retry is a duplicate)."""
+    config["BULKHOOK_REDIS_MIN_REPLICAS"] = "1"
+    config["BULKHOOK_REDIS_REPLICA_WAIT_MS"] = "50"
+    bodies = [_bulk(f"job-{n}") for n in range(3)]
+
+    answers = _post_at_once(config, bodies)
+
+    assert [(status, answer["status"]) for status, _, answer in answers] == [
+        (503, "unavailable")
+    ] * 3
+    retried = [
+        conn.get(f"bulkhook:seen:bulk:job-{n}:COMPLETED") for n in range(3)
+    ]  # what a retry finds
+    assert all(retried)
+
+
+def test_a_write_whose_reply_was_lost_is_not_its_own_duplicate() -> None:
+    """redis-py runs a command again after a lost connection; if the first run did write,
+    the script answers with the delivery's own id, which is no earlier delivery."""
+    write = intake.Write("d1", keys=[], args=[])
+
+    assert write.receipt(b"d1") == intake.Receipt("d1", duplicate=False)
+    assert write.receipt(b"d0") == intake.Receipt("d0", duplicate=True)
+    assert write.receipt(None) == intake.Receipt("d1", duplicate=False)
