@@ -9,6 +9,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from service.signature import sign
 
 from .conftest import KEY
 from .handlers import read
-from .processes import Stack
+from .processes import Stack, children
 
 pytestmark = pytest.mark.slow
 
@@ -162,3 +163,32 @@ def test_redis_down_gets_503_with_retry_after_from_the_server_and_then_202(
     assert refused.status_code == 503
     assert refused.json()["status"] == "unavailable" and refused.headers["Retry-After"]
     assert accepted.status_code == 202
+
+
+def _memory_kib(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines)
+            if k in ("VmRSS", "VmHWM")}  # fmt: skip
+
+
+def test_a_large_body_costs_the_web_worker_at_most_about_two_copies_of_it(tmp_path) -> None:
+    """What the process holds, C libraries included (tracemalloc, in test_asgi.py, sees only
+    Python's allocations: hiredis's packing of the command, two more copies, went unseen)."""
+    size = 8 * 1024 * 1024
+    doc = json.dumps({"message": {"eventId": "big-rss", "raw": {"pad": ""}}})
+    body = doc.replace('"pad": ""', '"pad": "' + "x" * (size - len(doc)) + '"').encode()
+    running = Stack(tmp_path, KEY, WEB_CONCURRENCY="1")
+    try:
+        assert running.post(bulk_body()).status_code == 202  # the worker's client is connected
+        [worker] = children(running.web.pid)
+        # Resets the peak (VmHWM) to what is resident now.
+        Path(f"/proc/{worker}/clear_refs").write_text("5")
+        before = _memory_kib(worker)["VmRSS"]
+
+        answer = running.post(body, kind="events")
+
+        peak = _memory_kib(worker)["VmHWM"] - before
+    finally:
+        running.close()
+    assert answer.status_code == 202
+    assert peak * 1024 < 2.5 * size, f"{peak * 1024 / size:.2f} copies"
