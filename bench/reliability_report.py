@@ -46,7 +46,8 @@ def main(folder: Path, out: Path) -> None:
     lines += ["", "## What `appendfsync always` costs (bench/fsync.py)", ""]
     if fsync:
         lines += [
-            f"{fsync['count']} callbacks per round at concurrency {fsync['concurrency']}, "
+            f"wrk, {fsync['seconds']} s rounds of distinct bulk callbacks at concurrency "
+            f"{fsync['concurrency']} (no worker running), "
             f"{len(fsync['rounds']['always'])} rounds of each, interleaved; medians.",
             "",
             "| appendfsync | accepted/s | p50 ms | p99 ms |",
