@@ -79,8 +79,8 @@ class Successes:
         if not self._waiting:
             return
         waiting, self._waiting = self._waiting, []
-        # ensure_ascii=False: cjson takes UTF-8 as it is; the fields hold no lone surrogates
-        # (`text` below), so the encoding cannot fail halfway through a batch.
+        # ensure_ascii=False: cjson takes UTF-8 as it is. The fields hold no lone surrogates
+        # (handlers' results pass through `text` below), so encoding cannot fail a batch.
         entries = json.dumps([[s.delivery_id, s.fields] for s in waiting], ensure_ascii=False)
         self._script(
             keys=[delivery.PENDING_KEY, metrics.TASKS_KEY],

@@ -158,9 +158,8 @@ def _attempt(
     # The body was kept only so the task could run again; the record stays a while, with
     # the start of the body for people looking at it (the dashboard).
     preview = body[: delivery.PREVIEW_BYTES].decode("utf-8", "replace")
-    written = {"state": delivery.DONE, "outcome": text(outcome[:_MAX_TEXT]),
-               "started_at": started_at, "preview": preview,
-               **{name: text(value) for name, value in progress.items()}}  # fmt: skip
+    written = {"state": delivery.DONE, "outcome": outcome[:_MAX_TEXT],
+               "started_at": started_at, "preview": preview, **progress}  # fmt: skip
     return Success(
         delivery_id,
         written,
@@ -199,7 +198,8 @@ def _run_handlers(
         result = handlers.call(name, handler, view)
         done.append(name)
         if result is not None:
-            outcomes.append(f"{name}: {result}")
+            # As text Redis takes: a result with a lone surrogate failed every attempt.
+            outcomes.append(f"{name}: {text(str(result))}")
         progress = {"handlers_done": ",".join(done),
                     "handler_outcomes": "; ".join(outcomes)[:_MAX_TEXT]}  # fmt: skip
         if position < len(remaining):

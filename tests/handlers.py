@@ -159,3 +159,8 @@ def states(delivery: Delivery) -> str:
     with open(os.environ["BULKHOOK_TEST_OUTPUT"], "a") as out:
         out.write(json.dumps({"handler": "states", "id": delivery.id, "states": seen}) + "\n")
     return "seen"
+
+
+def lone_surrogate(delivery: Delivery) -> str:
+    """Return text no UTF-8 encoder takes (as a handler echoing a body's "\\ud800" would)."""
+    return f"odd {chr(0xD800)} text for {delivery.id}"

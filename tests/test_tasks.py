@@ -259,3 +259,21 @@ def test_a_slow_handler_has_its_success_written_at_once(client, conn, handler_ou
         {ids[0]: "done", ids[1]: "processing", ids[2]: "processing"},
         {ids[0]: "done", ids[1]: "done", ids[2]: "processing"},
     ]
+
+
+def test_a_result_that_is_not_valid_text_does_not_fail_the_shared_write(
+    client, conn, handler_output, monkeypatch
+):
+    from service import successes
+
+    monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.lone_surrogate,tests.handlers.record")
+    monkeypatch.setattr(successes, "FLUSH_SECONDS", 60.0)  # both in one write
+    ids = _post_jobs(client, 2)
+
+    work(conn)
+
+    for delivery_id in ids:
+        record = conn.hgetall(record_key(delivery_id))
+        assert record[b"state"] == b"done"
+        assert record[b"outcome"].startswith(b"tests.handlers.lone_surrogate: odd ? text")
+        assert record[b"attempts"] == b"1"
