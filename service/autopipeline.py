@@ -36,6 +36,7 @@ class IntakePipeline:
         self._wanted = settings.redis_min_replicas
         self._wait_ms = settings.redis_replica_wait_ms
         self._calls: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._running: set[asyncio.Future[None]] = set()
 
     async def run(self, write: Write) -> bytes | None:
         """The script's answer for `write`: None, or the earlier delivery's id."""
@@ -48,8 +49,10 @@ class IntakePipeline:
 
     def _send(self) -> None:
         calls, self._calls = self._calls, []
-        # The task is kept by the loop until done; its outcome goes to the callers' futures.
-        asyncio.ensure_future(self._execute(calls))
+        # The loop keeps only a weak reference to a task: this set keeps it until it is done.
+        task = asyncio.ensure_future(self._execute(calls))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _execute(self, calls: list[tuple[Write, asyncio.Future[Any]]]) -> None:
         try:
