@@ -149,16 +149,20 @@ def test_idempotency_key_is_the_same_for_every_copy_of_one_callback(
     assert len(list(Path(f"{handler_output}.effects").iterdir())) == 1
 
 
+def _post_jobs(client, count: int) -> list[str]:
+    return [
+        post(
+            client, "bulk", json.dumps({"id": f"job-{n}", "status": "COMPLETED"}).encode()
+        ).get_json()["delivery_id"]
+        for n in range(count)
+    ]
+
+
 def test_one_drain_task_processes_every_waiting_delivery(client, conn, handler_output, monkeypatch):
     from service.drain import READY_KEY
 
     monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record")
-    ids = [
-        post(
-            client, "bulk", json.dumps({"id": f"job-{n}", "status": "COMPLETED"}).encode()
-        ).get_json()["delivery_id"]
-        for n in range(5)
-    ]
+    ids = _post_jobs(client, 5)
     queue = Queue(QUEUE_NAME, connection=conn, serializer=JSONSerializer)
     assert queue.get_job_ids() == [f"drain-{ids[0]}"]
 
@@ -178,12 +182,7 @@ def test_a_drain_out_of_time_hands_over_to_a_new_drain_task(
     monkeypatch.setenv("BULKHOOK_HANDLERS", "tests.handlers.record")
     monkeypatch.setattr(drain, "BATCH", 1)
     monkeypatch.setattr(drain, "BUDGET_SECONDS", 0.0)  # out of time after each batch
-    ids = [
-        post(
-            client, "bulk", json.dumps({"id": f"job-{n}", "status": "COMPLETED"}).encode()
-        ).get_json()["delivery_id"]
-        for n in range(3)
-    ]
+    ids = _post_jobs(client, 3)
 
     work(conn)
 
@@ -209,15 +208,6 @@ def test_a_delivery_failing_in_a_drain_does_not_hold_up_the_others(
     for delivery_id in (first, second):
         assert conn.hget(record_key(delivery_id), "state") == b"done"
         assert conn.hget(record_key(delivery_id), "attempts") == b"2"
-
-
-def _post_jobs(client, count: int) -> list[str]:
-    return [
-        post(
-            client, "bulk", json.dumps({"id": f"job-{n}", "status": "COMPLETED"}).encode()
-        ).get_json()["delivery_id"]
-        for n in range(count)
-    ]
 
 
 def test_a_drain_writes_successes_together(client, conn, handler_output, monkeypatch):
