@@ -108,11 +108,10 @@ def new_record(
     received_at: str,
     signed: bool,
     webhook_id: str | None,
-    body: bytes,
     remote_addr: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> dict[str, str | bytes]:
-    """The fields of a new delivery's record, body included, ready to write."""
+    """The text fields of a new delivery's record, ready to write (its body goes apart)."""
     fields: dict[str, Any] = {
         "id": delivery_id,
         "kind": payload.kind,
@@ -128,9 +127,7 @@ def new_record(
         "attempts": 0,
         "headers": json.dumps(headers, separators=(",", ":")) if headers else None,
     }
-    record = {name: _encode(value) for name, value in fields.items() if value is not None}
-    record["body"] = body
-    return record
+    return {name: _encode(value) for name, value in fields.items() if value is not None}
 
 
 def load(conn: Redis, delivery_id: str) -> tuple[dict[str, str], bytes | None] | None:

@@ -105,7 +105,6 @@ def prepare(
         signed=signed,
         webhook_id=webhook_id,
         remote_addr=remote_addr,
-        body=body,
         headers=headers,
     )
     drain_id = drain.task_id(delivery_id)
@@ -120,7 +119,6 @@ def prepare(
         queue.key,
         queue.redis_queues_keys,
     ]
-    record.pop("body")
     body_field: bytes | memoryview = body
     if len(body) > _PACK_WHOLE_BYTES:
         # hiredis packs a command by copying every argument into one buffer, then into the
