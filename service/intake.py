@@ -31,7 +31,7 @@ from .payloads import Payload
 TASK = "service.tasks.process_delivery"
 """Dotted path of the follow-up task, as RQ stores it."""
 
-_ACCEPT = """
+SCRIPT = """
 local earlier = redis.call('GET', KEYS[1])
 if earlier then return earlier end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -57,6 +57,8 @@ if redis.call('SET', KEYS[6], ARGV[5], 'NX', 'EX', ARGV[6]) then
 end
 return false
 """
+"""The intake script (the module's docstring says what it does); `script` binds it to a
+blocking client, `autopipeline.py` loads it on the web's asyncio client."""
 
 
 @dataclass(frozen=True)
@@ -198,10 +200,6 @@ def task_options(settings: Settings, fields: dict[str, str]) -> dict[str, Any]:
     }
 
 
-SCRIPT = _ACCEPT
-"""The intake script's text (`autopipeline.py` loads it itself)."""
-
-
 def script(conn: Redis) -> Script:
     """The intake script bound to `conn`; made once per process (create_app), not per request."""
-    return conn.register_script(_ACCEPT)
+    return conn.register_script(SCRIPT)
