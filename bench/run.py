@@ -465,8 +465,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument(
         "--growth",
+        type=_counts,
         default="100000,1000000",
-        help="waiting deliveries to measure at (against none waiting)",
+        help="waiting deliveries to measure at, rising (each against none waiting)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     args = parser.parse_args()
@@ -510,13 +511,19 @@ def main() -> None:
         results["end_to_end"] = end_to_end(fresh, fresh_redis, best / 2, 5)
         results["big_body"] = big_body(project)
         results["growth"] = growth(bench, project, project_redis, project_worker,
-                                   [int(n) for n in args.growth.split(",")], args.rounds,
-                                   tmp)  # fmt: skip
+                                   args.growth, args.rounds, tmp)  # fmt: skip
         worker_redis = bench.redis("worker-redis")
         results["worker_settle_s"] = bench.settle()
         results["worker_per_s"] = worker_rate(worker_redis, 10_000, bench.env)
     args.out.write_text(json.dumps(results, indent=2))
     _print(results)
+
+
+def _counts(text: str) -> list[int]:
+    counts = [int(n) for n in text.split(",")]
+    if counts[0] < 1 or counts != sorted(set(counts)):
+        raise argparse.ArgumentTypeError("rising positive counts, such as 100000,1000000")
+    return counts
 
 
 def _summarise(rounds: dict) -> dict:
