@@ -414,7 +414,7 @@ def _forks(conn: Redis) -> int:
 
 def fill(redis: EmbeddedRedis, goal: int) -> None:
     """Record bulk callbacks until `goal` deliveries wait: the intake script's call, as the web
-    makes it for a verified callback, in pipelines of 1,000 (one HTTP request at a time took
+    makes it for one of wrk's requests, in pipelines of 1,000 (one HTTP request at a time took
     over a minute per 100,000; a million at wrk's pace would take minutes more)."""
     from service import create_app, intake, payloads
     from service.runtime import EXTENSION, Runtime
@@ -426,8 +426,11 @@ def fill(redis: EmbeddedRedis, goal: int) -> None:
         pipe = parts.redis.pipeline(transaction=False)
         for body in bodies("bulk", min(missing, 1000)):
             payload = payloads.parse(payloads.BULK, body.decode())
+            # The headers kept of wrk's requests (wrk_bodies.lua), and its address.
+            headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
             write = intake.prepare(parts.queue, parts.settings, payload, body, signed=True,
-                                   webhook_id=None)  # fmt: skip
+                                   webhook_id=None, remote_addr="127.0.0.1",
+                                   headers=headers)  # fmt: skip
             pipe.evalsha(sha, len(write.keys), *write.keys, *write.args)
         pipe.execute()
     parts.redis.close()

@@ -1,0 +1,48 @@
+"""`make bench`'s own helpers, where a silent change in the service would skew its figures."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from redis import Redis
+
+from service import delivery, drain
+from service.embedded_redis import EmbeddedRedis
+
+from .conftest import BULK_BODY, post, work
+from .processes import REPO
+
+
+def _bench_run():
+    """bench/run.py, imported as `make bench` runs it (its own folder on the path)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        return importlib.import_module("run")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_fill_records_deliveries_as_the_web_does(
+    redis_server: EmbeddedRedis, conn: Redis, client
+) -> None:
+    """The growth figures are for deliveries that `fill` left waiting: they must be what a
+    verified callback leaves (the same record), and a worker must process them."""
+    assert post(client, "bulk", BULK_BODY).status_code == 202
+    (from_web,) = conn.lrange(drain.READY_KEY, 0, -1)
+
+    _bench_run().fill(redis_server, 25)
+
+    ids = [value.decode() for value in conn.lrange(drain.READY_KEY, 0, -1)]
+    assert len(ids) == len(set(ids)) == 25
+    assert conn.zcard(delivery.PENDING_KEY) == 25
+    web_fields = set(conn.hkeys(delivery.record_key(from_web.decode())))
+    for filled in ids[1:]:
+        record = conn.hgetall(delivery.record_key(filled))
+        assert set(record) == web_fields
+        assert record[b"state"] == b"queued" and record[b"kind"] == b"bulk"
+
+    work(conn)
+    assert conn.zcard(delivery.PENDING_KEY) == 0
+    states = {conn.hget(delivery.record_key(each), "state") for each in ids}
+    assert states == {b"done"}
