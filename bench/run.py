@@ -311,13 +311,7 @@ def worker_rate(redis: EmbeddedRedis, count: int, env: dict[str, str]) -> float:
     """Trivial follow-ups per second of one `bulkhook worker` process (the Procfile's line):
     `count` deliveries accepted while no worker runs, then timed from the moment the worker
     has registered with RQ (its start-up left out) until none is pending."""
-    from service import create_app
-
-    app = create_app({"REDIS_URL": redis.url, "BULKHOOK_SIGNATURE_KEY": KEY})
-    client = app.test_client()
-    for body in bodies("bulk", count):
-        client.post("/callbacks/bulk", data=body,
-                    headers={"Elements-Webhook-Signature": b64_signer(body)})  # fmt: skip
+    fill(redis, count)
     conn = Redis.from_url(redis.url)
     waiting = conn.zcard(PENDING_KEY)
     worker = subprocess.Popen(procfile("worker"), env={**env, "REDIS_URL": redis.url}, cwd=REPO,
@@ -374,7 +368,7 @@ def growth(bench: Bench, target: Target, redis: EmbeddedRedis, worker: subproces
                        "redis_bytes_per_waiting": per_waiting, "rounds": []}  # fmt: skip
         for _ in range(rounds):
             # The empty stack starts every round with nothing stored; the other keeps what
-            # its rounds add (some 25,000 each), so its figure is for at least `goal`.
+            # its rounds add (some 30,000 each), so its figure is for at least `goal`.
             emptied.flushall()
             settled = bench.settle()
             before = _forks(emptied)
