@@ -385,7 +385,7 @@ def growth(bench: Bench, target: Target, redis: EmbeddedRedis, worker: subproces
                                     "empty_forks": empty_forks})  # fmt: skip
             print(f"growth      {at:>9,} waiting {queued['accepted_per_s']:8.0f}/s  none waiting "
                   f"{none_waiting['accepted_per_s']:8.0f}/s  (settled {settled:.1f} s before; "
-                  f"rewrites or saves during the rounds: {forks} and {empty_forks})",
+                  f"rewrites or saves: {forks} in its round, {empty_forks} in none's)",
                   flush=True)  # fmt: skip
         for key in ("accepted_per_s", "empty_per_s"):
             point[key] = statistics.median(r[key] for r in point["rounds"])
