@@ -415,7 +415,6 @@ def fill(redis: EmbeddedRedis, goal: int) -> None:
 
     app = create_app({"REDIS_URL": redis.url, "BULKHOOK_SIGNATURE_KEY": KEY})
     parts: Runtime = app.extensions[EXTENSION]
-    sha = parts.redis.script_load(intake.SCRIPT)
     while (missing := goal - parts.redis.llen(READY_KEY)) > 0:
         pipe = parts.redis.pipeline(transaction=False)
         for body in bodies("bulk", min(missing, 1000)):
@@ -425,7 +424,7 @@ def fill(redis: EmbeddedRedis, goal: int) -> None:
             write = intake.prepare(parts.queue, parts.settings, payload, body, signed=True,
                                    webhook_id=None, remote_addr="127.0.0.1",
                                    headers=headers)  # fmt: skip
-            pipe.evalsha(sha, len(write.keys), *write.keys, *write.args)
+            parts.accept_script(keys=write.keys, args=write.args, client=pipe)
         pipe.execute()
     parts.redis.close()
 
