@@ -6,10 +6,14 @@ start the Procfile's web line; these cover what those do not reach."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import threading
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvloop
 
@@ -261,6 +265,88 @@ def test_the_intake_script_is_loaded_again_after_redis_forgot_it(config, conn) -
 
     assert first[0] == second[0] == 202
     assert conn.hget(record_key(second[2]["delivery_id"]), "body") == _bulk("b")
+
+
+class ReplyLosingRelay:
+    """A TCP relay to Redis that, once armed, passes on the next request that carries an
+    EVALSHA, so Redis runs it, and then closes that connection instead of passing on the
+    reply: what the web sees when a connection drops between its write and the answer."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed = threading.Event()
+        self.lost = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        doomed = threading.Event()
+        replies = threading.Thread(target=self._pump, args=(upstream, client, doomed, False))
+        replies.start()
+        self._pump(client, upstream, doomed, True)
+        replies.join()
+        client.close()
+        upstream.close()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, doomed: threading.Event,
+              requests: bool) -> None:  # fmt: skip
+        try:
+            while data := source.recv(65536):
+                if requests and b"EVALSHA" in data and self.armed.is_set():
+                    if not self.lost.is_set():
+                        doomed.set()  # before Redis can answer
+                        self.lost.set()
+                elif not requests and doomed.is_set():
+                    break  # the reply, lost
+                sink.sendall(data)
+        except OSError:
+            pass
+        for each in (source, sink):
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_reply_lost_with_its_connection_is_read_again_on_a_new_one(config, conn) -> None:
+    """The round trip takes the client's retry: the script runs again on a new connection and
+    answers with the delivery's own id, so the callback gets its 202 (not a 503, and not
+    "duplicate" of itself), and one record."""
+    redis = urlsplit(config["REDIS_URL"])
+    relay = ReplyLosingRelay(redis.port or 6379)
+    config["REDIS_URL"] = redis._replace(netloc=f"127.0.0.1:{relay.port}").geturl()
+    app = create_asgi_app(config)
+    call = caller(app)
+
+    async def scenario():
+        first = await call("POST", "/callbacks/bulk", _bulk("a"), headers=signed(_bulk("a")))
+        relay.armed.set()
+        second = await call("POST", "/callbacks/bulk", _bulk("b"), headers=signed(_bulk("b")))
+        await shut_down(app)
+        return first, second
+
+    try:
+        first, second = uvloop.run(scenario())
+    finally:
+        relay.close()
+
+    assert first[0] == 202 and relay.lost.is_set()
+    assert (second[0], second[2]["status"]) == (202, "accepted"), second
+    delivery_id = second[2]["delivery_id"]
+    assert conn.get("bulkhook:seen:bulk:b:COMPLETED") == delivery_id.encode()
+    assert conn.hget(record_key(delivery_id), "body") == _bulk("b")
+    assert len(conn.keys("bulkhook:delivery:*")) == 2
 
 
 def test_every_callback_of_a_failed_round_trip_gets_503(config) -> None:
