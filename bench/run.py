@@ -257,19 +257,33 @@ def end_to_end(target: Target, redis: EmbeddedRedis, rate: float, seconds: float
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(send, range(total)))
     deadline = time.monotonic() + 120
-    latencies = []
+    latencies, from_receipt = [], []
     pending = dict(answered)
     while pending and time.monotonic() < deadline:
         for delivery_id in list(pending):
-            value = conn.hget(f"bulkhook:delivery:{delivery_id}", "started_at")
-            if value:
-                started_at = _iso(value.decode())
+            started, received = conn.hmget(f"bulkhook:delivery:{delivery_id}",
+                                           ["started_at", "received_at"])  # fmt: skip
+            if started:
+                started_at = _iso(started.decode())
                 latencies.append(1000 * (started_at - pending.pop(delivery_id)))
+                # The sender notes its 2xx after reading it, so a task that starts while the
+                # answer travels counts 0 or less above; from the web's receipt (same clock
+                # as the worker's) it cannot, and it includes the write to Redis.
+                from_receipt.append(1000 * (started_at - _iso(received.decode())))
         time.sleep(0.2)
-    latencies.sort()
-    return {"rate": rate, "sent": total, "measured": len(latencies),
-            "p50_ms": statistics.median(latencies) if latencies else None,
-            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] if latencies else None}  # fmt: skip
+    return {
+        "rate": rate,
+        "sent": total,
+        "measured": len(latencies),
+        **_percentiles("", latencies),
+        **_percentiles("from_receipt_", from_receipt),
+    }
+
+
+def _percentiles(prefix: str, values: list[float]) -> dict[str, float | None]:
+    values = sorted(values)
+    return {f"{prefix}p50_ms": statistics.median(values) if values else None,
+            f"{prefix}p99_ms": values[int(len(values) * 0.99) - 1] if values else None}  # fmt: skip
 
 
 def _idle(pid: int, limit: float = 60) -> float:
@@ -565,13 +579,15 @@ def _print(results: dict) -> None:
         verdicts.append(("end to end at half load", False, "no task started within 120 s"))
     else:
         verdicts.append(("end to end p50 <= 20 ms at half load", e2e["p50_ms"] <= 20,
-                         f"{e2e['p50_ms']:.1f} ms at {e2e['rate']:.0f}/s"))  # fmt: skip
+                         f"{e2e['p50_ms']:.1f} ms at {e2e['rate']:.0f}/s (from the web's "
+                         f"receipt: {e2e['from_receipt_p50_ms']:.1f} ms)"))  # fmt: skip
         verdicts.append(("end to end p99 <= 100 ms at half load", e2e["p99_ms"] <= 100,
-                         f"{e2e['p99_ms']:.1f} ms"))  # fmt: skip
+                         f"{e2e['p99_ms']:.1f} ms (from the web's receipt: "
+                         f"{e2e['from_receipt_p99_ms']:.1f} ms)"))  # fmt: skip
     verdicts.append(("worker >= 1,000 trivial follow-ups/s per process", worker >= 1000,
                      f"{worker:.0f}/s"))  # fmt: skip
     verdicts.append(("10 MiB body with <= 2 copies in memory", big["copies"] <= 2,
-                     f"{big['copies']:.1f} copies, {big['seconds'] * 1000:.0f} ms, "
+                     f"{big['copies']:.3f} copies, {big['seconds'] * 1000:.0f} ms, "
                      f"HTTP {big['status']}"))  # fmt: skip
     for point in results["growth"]:
         ratio = point["ratio_empty"]
