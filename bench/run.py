@@ -38,7 +38,7 @@ from redis import Redis
 from service.delivery import PENDING_KEY
 from service.drain import READY_KEY
 from service.signature import sign
-from tests.processes import children
+from tests.processes import children, memory_kib
 
 BULK_SIZE = 215
 EVENT_SIZE = 64 * 1024
@@ -347,13 +347,13 @@ def big_body(target: Target) -> dict:
     doc = json.dumps({"message": {"eventId": uuid.uuid4().hex, "events": [], "raw": {"pad": ""}}})
     body = doc.replace('"pad": ""', '"pad": "' + "x" * (size - len(doc)) + '"').encode()
     workers = children(target.pids[0])
-    before = {pid: _status(pid) for pid in workers}
+    before = {pid: memory_kib(pid) for pid in workers}
     started = time.perf_counter()
     answer = requests.post(target.events_url or target.url, data=body,
                            headers={"Elements-Webhook-Signature": b64_signer(body)},
                            timeout=120)  # fmt: skip
     elapsed = time.perf_counter() - started
-    growth = max(_status(pid)["VmHWM"] - before[pid]["VmRSS"] for pid in workers)
+    growth = max(memory_kib(pid)["VmHWM"] - before[pid]["VmRSS"] for pid in workers)
     return {"status": answer.status_code, "seconds": elapsed, "body_mib": size / 2**20,
             "peak_growth_mib": growth / 1024, "copies": growth * 1024 / size}  # fmt: skip
 
@@ -611,15 +611,6 @@ def _iso(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text).timestamp()
-
-
-def _status(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0])
-    return fields
 
 
 def _wait(url: str) -> None:

@@ -17,7 +17,7 @@ from service.signature import sign
 
 from .conftest import KEY
 from .handlers import read
-from .processes import Stack, children
+from .processes import Stack, children, memory_kib
 
 pytestmark = pytest.mark.slow
 
@@ -165,12 +165,6 @@ def test_redis_down_gets_503_with_retry_after_from_the_server_and_then_202(
     assert accepted.status_code == 202
 
 
-def _memory_kib(pid: int) -> dict[str, int]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines)
-            if k in ("VmRSS", "VmHWM")}  # fmt: skip
-
-
 def test_a_large_body_costs_the_web_worker_at_most_about_two_copies_of_it(tmp_path) -> None:
     """What the process holds, C libraries included (tracemalloc, in test_asgi.py, sees only
     Python's allocations: hiredis's packing of the command, two more copies, went unseen)."""
@@ -183,11 +177,11 @@ def test_a_large_body_costs_the_web_worker_at_most_about_two_copies_of_it(tmp_pa
         [worker] = children(running.web.pid)
         # Resets the peak (VmHWM) to what is resident now.
         Path(f"/proc/{worker}/clear_refs").write_text("5")
-        before = _memory_kib(worker)["VmRSS"]
+        before = memory_kib(worker)["VmRSS"]
 
         answer = running.post(body, kind="events")
 
-        peak = _memory_kib(worker)["VmHWM"] - before
+        peak = memory_kib(worker)["VmHWM"] - before
     finally:
         running.close()
     assert answer.status_code == 202
