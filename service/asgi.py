@@ -49,8 +49,9 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-WORKER_CLASS = "uvicorn_worker.UvicornWorker"
-"""The gunicorn worker class this app needs (an ASGI app: gunicorn's own workers are WSGI)."""
+WORKER_CLASS = "service.web_worker.Worker"
+"""The gunicorn worker class this app needs: uvicorn's (an ASGI app; gunicorn's own workers are
+WSGI), within gunicorn's request limits (`web_worker.py`)."""
 
 APP = "service.asgi:create_asgi_app()"
 """How gunicorn is told to load it."""

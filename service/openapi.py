@@ -125,10 +125,17 @@ def _callback(kind: str, summary: str, schema: dict[str, Any]) -> dict[str, Any]
             "responses": {
                 "202": _json("recorded in Redis and queued for processing"),
                 "200": _json("a duplicate of a delivery already accepted; not queued again"),
-                "400": _json("not UTF-8 JSON, or without the fields this kind needs"),
+                "400": _json(
+                    "not UTF-8 JSON, or without the fields this kind needs; or not HTTP/1.1"
+                ),
                 "401": _json("signature missing, malformed or not matching the body"),
                 "404": _json("strict mode: a bulk callback for a job bulkhook did not start"),
+                "408": _json("the sender went silent for GUNICORN_TIMEOUT s in the middle"),
                 "413": _json(f"body over BULKHOOK_MAX_BODY_BYTES ({DEFAULT_MAX_BODY_BYTES})"),
+                "414": _json("URL over gunicorn's limit_request_line"),
+                "431": _json(
+                    "header fields over gunicorn's limit_request_fields or limit_request_field_size"
+                ),
                 "503": _json("Redis cannot record it now; retry", headers=_RETRY_AFTER),
             },
         }

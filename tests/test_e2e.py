@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from service.signature import sign
 
 from .conftest import KEY
 from .handlers import read
-from .processes import Stack, children, memory_kib
+from .processes import Stack, children, memory_kib, send_raw
 
 pytestmark = pytest.mark.slow
 
@@ -84,11 +83,7 @@ def test_raw_unicode_bytes_in_the_signature_header_get_401(stack: Stack) -> None
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
-        sock.sendall(request)
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
+    raw = send_raw(stack.port, request)
     head, _, payload = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 401")
     assert json.loads(payload)["status"] == "unauthorized"

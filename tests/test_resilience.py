@@ -22,7 +22,15 @@ from service.drain import READY_KEY
 from service.embedded_redis import EmbeddedRedis, free_port
 from service.signature import sign
 
-from .processes import REPO, environment, procfile_command, stop, wait_for, wait_until_serving
+from .processes import (
+    REPO,
+    environment,
+    procfile_command,
+    send_raw,
+    stop,
+    wait_for,
+    wait_until_serving,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -155,10 +163,7 @@ def fuzz_server(tmp_path_factory) -> Iterator[Server]:
 
 def raw_request(port: int, method: str, path: str, headers: dict[str, str], payload: bytes,
                 chunked: bool) -> int | None:  # fmt: skip
-    """Send one request byte for byte, as a hostile client could; return the status or None.
-
-    Written by hand because HTTP client libraries refuse much of what is worth sending.
-    """
+    """Send one request byte for byte, as a hostile client could; return the status or None."""
     lines = [f"{method} {path} HTTP/1.1", "Host: fuzz", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     if chunked:
@@ -170,17 +175,7 @@ def raw_request(port: int, method: str, path: str, headers: dict[str, str], payl
         lines.append(f"Content-Length: {len(payload)}")
         framed = payload
     request = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + framed
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        try:
-            sock.sendall(request)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before the body was read; the answer may still be there
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
+    answer = send_raw(port, request)
     status_line = answer.split(b"\r\n", 1)[0].split()
     return int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else None
 

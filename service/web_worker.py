@@ -1,0 +1,178 @@
+"""The web's gunicorn worker: uvicorn's, with the bounds gunicorn's own workers keep.
+
+uvicorn's httptools protocol takes a request head of any size (measured: 96 MB of headers
+on one connection grew a web worker by 120 MB), waits for ever on a sender that stops in the
+middle of a request or never starts one, and refuses what it cannot parse in plain text.
+Here the head is held to gunicorn's `limit_request_line`, `limit_request_fields` and
+`limit_request_field_size` (414, 431), a sender silent for gunicorn's `timeout` in the middle
+of a request gets 408 (one that never sent a byte is closed), and these refusals are JSON
+like every other answer, with 400 for what is not HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn_worker import UvicornWorker
+
+from .callbacks import Answer, encode, reply
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one request may take of a web worker; 0 means no bound, as in gunicorn."""
+
+    request_line: int
+    fields: int
+    field_size: int
+    idle_seconds: float
+
+    @classmethod
+    def of(cls, cfg: Any) -> Bounds:
+        """The bounds gunicorn's settings (`cfg`) give its own workers."""
+        return cls(cfg.limit_request_line, cfg.limit_request_fields,
+                   cfg.limit_request_field_size, cfg.timeout)  # fmt: skip
+
+    @property
+    def head(self) -> int:
+        """The most bytes a head within the other bounds can take, CRLFs included (0: any)."""
+        if not (self.request_line and self.fields and self.field_size):
+            return 0
+        return self.request_line + 2 + self.fields * (self.field_size + 2) + 2
+
+
+class Refused(Exception):
+    """Raised from a parser callback: httptools stops there, uvicorn sends its 400."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol within `bounds` (the module's docstring says why)."""
+
+    bounds: ClassVar[Bounds]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._refusal: Answer | None = None
+        self._head_bytes = 0
+        self._fields = 0
+        self._in_head = False
+        # Waiting for a request to begin (a new connection) or to end; after a response,
+        # uvicorn's keep-alive timeout closes an idle connection instead.
+        self._incomplete = True
+        self._heard = self.loop.time()
+        self._idle_check = (
+            self.loop.call_later(self.bounds.idle_seconds, self._check_idle)
+            if self.bounds.idle_seconds
+            else None
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_check is not None:
+            self._idle_check.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._heard = self.loop.time()
+        super().data_received(data)
+        # Counted after parsing: a chunk in which the head ended is partly body, and the
+        # fields' own bounds have checked that head.
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self.bounds.head and self._head_bytes > self.bounds.head:
+                self._refuse(431, f"request head is over {self.bounds.head} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._incomplete = True, True
+        self._head_bytes = self._fields = 0
+
+    def on_url(self, url: bytes) -> None:
+        limit = self.bounds.request_line
+        if limit and len(self.url) + len(url) > limit:
+            self._refusal = _refusal(414, f"request URL is over {limit} bytes")
+            raise Refused
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        bounds = self.bounds
+        if bounds.fields and self._fields > bounds.fields:
+            self._refusal = _refusal(431, f"request has over {bounds.fields} header fields")
+            raise Refused
+        if bounds.field_size and len(name) + len(value) > bounds.field_size:
+            field = name.decode("latin-1")[:64]
+            detail = f"header field {field} is over {bounds.field_size} bytes"
+            self._refusal = _refusal(431, detail)
+            raise Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._incomplete = False
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's refusal of a request httptools could not parse, or one of ours, as JSON."""
+        if self._refusal is not None:
+            self.logger.warning("Refused a request: %s.", self._refusal.document["detail"])
+        self._refuse_with(self._refusal or _refusal(400, "request is not valid HTTP/1.1"))
+
+    def _refuse(self, code: int, detail: str) -> None:
+        self.logger.warning("Refused a request: %s.", detail)
+        self._refuse_with(_refusal(code, detail))
+
+    def _refuse_with(self, answer: Answer) -> None:
+        payload, headers = encode(answer)
+        head = [f"HTTP/1.1 {answer.code} {HTTPStatus(answer.code).phrase}\r\n"]
+        head += [f"{name}: {value}\r\n" for name, value in headers]
+        head.append("Connection: close\r\n\r\n")
+        self.transport.write("".join(head).encode("latin-1") + payload)
+        self.transport.close()
+
+    def _check_idle(self) -> None:
+        if self.transport.is_closing():
+            return
+        idle = self.bounds.idle_seconds
+        silent = self.loop.time() - self._heard
+        if not self._incomplete or self.flow.read_paused:
+            # Idle between requests (uvicorn's keep-alive timeout is for that), or reading
+            # held back by this side, not the sender.
+            self._idle_check = self.loop.call_later(idle, self._check_idle)
+        elif silent < idle:
+            self._idle_check = self.loop.call_later(idle - silent, self._check_idle)
+        elif self.scope is None:
+            self.transport.close()  # a connection that never began a request
+        elif not self._in_head and self.cycle.response_started:
+            self.transport.close()  # answered already (a 413 before the whole body)
+        else:
+            self._refuse(408, f"no part of the request came for {silent:.0f} s")
+
+
+def _refusal(code: int, detail: str) -> Answer:
+    words = re.sub(r"[^a-z]+", "_", HTTPStatus(code).phrase.lower())
+    status = "malformed" if code == 400 else words  # 400: the service's word for bad input
+    return reply(code, status, detail)
+
+
+def bounded_protocol(bounds: Bounds) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class with `bounds`: uvicorn makes one instance per connection."""
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"bounds": bounds})
+
+
+class Worker(UvicornWorker):
+    """uvicorn's gunicorn worker, speaking `BoundedHttpToolsProtocol` within gunicorn's limits."""
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "httptools"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn's Config takes a protocol class for `http` and resolves it at start.
+        self.config.http = bounded_protocol(Bounds.of(self.cfg))

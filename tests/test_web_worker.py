@@ -1,0 +1,144 @@
+"""The web's gunicorn worker keeps gunicorn's request bounds: real gunicorn, raw sockets."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.signature import sign
+
+from .conftest import KEY
+from .processes import Stack, send_raw
+
+pytestmark = pytest.mark.slow
+
+IDLE_SECONDS = 2
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(
+        tmp_path_factory.mktemp("bounds"),
+        KEY,
+        WEB_CONCURRENCY="1",
+        GUNICORN_TIMEOUT=str(IDLE_SECONDS),
+        GUNICORN_CMD_ARGS=(
+            "--limit-request-line 200 --limit-request-fields 20 --limit-request-field_size 1000"
+        ),
+    )
+    yield running
+    running.close()
+
+
+def exchange(stack: Stack, *parts: bytes, pause: float = 0.0) -> tuple[int | None, dict | None]:
+    """Send `parts` (`pause` s apart) on one connection, then read until the server closes:
+    the answer's status and JSON body, or (None, None) if it closed without answering."""
+    raw = send_raw(stack.port, *parts, pause=pause)
+    if not raw:
+        return None, None
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(payload)
+
+
+def signed_request(body: bytes, *headers: bytes) -> bytes:
+    return (
+        b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + b"Elements-Webhook-Signature: "
+        + sign(KEY, body).encode()
+        + b"\r\n"
+        + b"".join(headers)
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+
+
+def too_large(detail: str) -> dict[str, str]:
+    return {"status": "request_header_fields_too_large", "detail": detail}
+
+
+def bulk_body() -> bytes:
+    return json.dumps({"id": uuid.uuid4().hex[:12], "status": "COMPLETED"}).encode()
+
+
+def test_a_request_within_the_bounds_is_taken(stack: Stack) -> None:
+    body = bulk_body()
+    fields = [f"X-Field-{n}: {'v' * 900}\r\n".encode() for n in range(16)]
+    assert exchange(stack, signed_request(body, *fields) + body)[0] == 202
+
+
+def test_a_head_that_never_ends_is_refused_before_it_is_held(stack: Stack) -> None:
+    """Without a bound on the whole head, 8 MB of header bytes on one connection are all
+    taken in (a field is only whole, and counted, when its line ends)."""
+    start = b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\nX-Endless: "
+    status, answer = exchange(stack, start, *[b"x" * 65536] * 128)
+    # The request line and 20 fields of 1000 bytes, each with its CRLF, and the blank line.
+    head_bound = 200 + 2 + 20 * (1000 + 2) + 2
+    assert (status, answer) == (431, too_large(f"request head is over {head_bound} bytes"))
+
+
+def test_too_many_header_fields_get_431(stack: Stack) -> None:
+    body = bulk_body()
+    fields = [f"X-Field-{n}: v\r\n".encode() for n in range(20)]
+    status, answer = exchange(stack, signed_request(body, *fields) + body)
+    assert (status, answer) == (431, too_large("request has over 20 header fields"))
+
+
+def test_a_header_field_over_its_size_gets_431(stack: Stack) -> None:
+    body = bulk_body()
+    status, answer = exchange(stack, signed_request(body, b"X-Big: " + b"v" * 1000 + b"\r\n"))
+    assert (status, answer) == (431, too_large("header field X-Big is over 1000 bytes"))
+
+
+def test_a_url_over_the_request_line_limit_gets_414(stack: Stack) -> None:
+    request = b"POST /callbacks/bulk?token=" + b"t" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    status, answer = exchange(stack, request)
+    assert (status, answer) == (414, {"status": "request_uri_too_long",
+                                      "detail": "request URL is over 200 bytes"})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}",
+        b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\nX-Bad: \x7f\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello on the plain port
+    ],
+    ids=["negative-length", "bad-chunk", "control-character", "tls-hello"],
+)
+def test_what_is_not_http_gets_a_json_400(stack: Stack, request_bytes: bytes) -> None:
+    status, answer = exchange(stack, request_bytes)
+    assert (status, answer) == (400, {"status": "malformed",
+                                      "detail": "request is not valid HTTP/1.1"})  # fmt: skip
+
+
+def test_senders_that_go_silent_are_answered_408_or_closed(stack: Stack) -> None:
+    body = bulk_body()
+    head = signed_request(body)
+    stalls = {
+        "before any byte": (),
+        "in the head": (head[:40],),
+        "in the body": (head + body[:5],),
+    }
+    with ThreadPoolExecutor(len(stalls)) as pool:
+        answers = pool.map(lambda parts: exchange(stack, *parts), stalls.values())
+        outcomes = dict(zip(stalls, answers, strict=True))
+    timed_out = {"status": "request_timeout",
+                 "detail": f"no part of the request came for {IDLE_SECONDS} s"}  # fmt: skip
+    assert outcomes == {
+        "before any byte": (None, None),
+        "in the head": (408, timed_out),
+        "in the body": (408, timed_out),
+    }
+
+
+def test_a_slow_sender_that_keeps_sending_is_not_cut_off(stack: Stack) -> None:
+    """Its request takes twice the idle bound, with no pause as long as the bound."""
+    body = bulk_body()
+    request = signed_request(body) + body
+    parts = [request[i : i + 16] for i in range(0, len(request), 16)]
+    pause = 2 * IDLE_SECONDS / len(parts)
+    assert exchange(stack, *parts, pause=pause)[0] == 202
