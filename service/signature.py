@@ -63,6 +63,9 @@ def _parse(header: str | None) -> bytes:
         raise SignatureError(f"empty {HEADER} header")
     if len(value) > MAX_HEADER_LENGTH:
         raise SignatureError(f"{HEADER} header is too long to be a signature")
+    if "," in value:
+        # No base64 holds a comma; the header was sent twice and joined (as WSGI joins them).
+        raise SignatureError(f"{HEADER} is given more than once")
     # Split once: base64 itself may end in '='.
     scheme, sep, encoded = value.partition("=")
     if not sep or scheme.strip().lower() != SCHEME:

@@ -66,6 +66,8 @@ _URLSAFE = "sha256=" + base64.urlsafe_b64encode(b"\xfb\xff" * 16).decode()
         ("sha256=" + "☃" * 20, "not valid base64"),
         ("sha256=" + "A" * 5000, "too long"),
         ("sha256=" + base64.b64encode(b"short").decode(), "SHA-256 digest"),
+        (f"{VENDOR_SIGNATURE},{VENDOR_SIGNATURE}", "given more than once"),
+        (f"{VENDOR_SIGNATURE}, sha256=AAAA", "given more than once"),
     ],
 )
 def test_malformed_headers_raise_signature_error(header: str | None, reason: str) -> None:
