@@ -17,6 +17,7 @@ callback answers 503).
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
@@ -84,13 +85,20 @@ class IntakePipeline:
     async def _pipeline(self, writes: list[Write]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for write in writes:
-            pipe.execute_command("EVALSHA", self._sha, len(write.keys), *write.keys, *write.args)
+            write.queue(pipe, partial(pipe.execute_command, "EVALSHA", self._sha,
+                                      len(write.keys), *write.keys, *write.args))  # fmt: skip
+        if self._wanted:
+            # WAIT counts the replicas that have every write of its connection so far: one
+            # at the end of the pipeline covers all of its scripts.
+            pipe.execute_command("WAIT", self._wanted, self._wait_ms)
+        replies = await pipe.execute(raise_on_error=False)
+        results, start = [], 0
+        for write in writes:
+            results.append(write.answer(replies[start : start + write.replies]))
+            start += write.replies
         if not self._wanted:
-            return await pipe.execute(raise_on_error=False)
-        # WAIT counts the replicas that have every write of its connection so far: one at
-        # the end of the pipeline covers all of its scripts.
-        pipe.execute_command("WAIT", self._wanted, self._wait_ms)
-        *results, confirmed = await pipe.execute(raise_on_error=False)
+            return results
+        confirmed = replies[-1]
         if isinstance(confirmed, Exception):
             return [confirmed] * len(writes)
         missing = replicas_missing(confirmed, self._wanted)

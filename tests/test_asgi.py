@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import uvloop
 
-from service import intake, jobs
+from service import drain, intake, jobs
 from service.asgi import create_asgi_app
 from service.delivery import record_key
 from service.embedded_redis import free_port
@@ -203,8 +204,17 @@ def test_a_websocket_is_refused(config) -> None:
     assert sent == [{"type": "websocket.close", "code": 1008}]
 
 
-def _bulk(job: str) -> bytes:
-    return json.dumps({"id": job, "status": "COMPLETED"}).encode()
+def _bulk(job: str, pad: int = 0) -> bytes:
+    """A bulk callback; `pad` bytes more make it one whose body is held out of Lua."""
+    document = {"id": job, "status": "COMPLETED"}
+    if pad:
+        document["pad"] = f"{job}-" + "x" * pad
+    return json.dumps(document).encode()
+
+
+HELD = intake.HELD_BODY_BYTES + 1
+"""Padding that makes a body one the intake holds out of its script."""
+SIZES = ("small", "held")
 
 
 def _post_at_once(config: dict[str, str], bodies: list[bytes]) -> list:
@@ -250,21 +260,27 @@ def test_concurrent_callbacks_share_a_round_trip_and_each_gets_its_own_answer(co
         assert conn.hget(record_key(delivery_id), "body") == body
 
 
-def test_the_intake_script_is_loaded_again_after_redis_forgot_it(config, conn) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_the_intake_script_is_loaded_again_after_redis_forgot_it(config, conn, size) -> None:
+    """A held body was written (with its expiry) before its script failed: the run again
+    keeps it for good."""
+    pad = HELD if size == "held" else 0
+    a, b = _bulk("a", pad), _bulk("b", pad)
     app = create_asgi_app(config)
     call = caller(app)
 
     async def scenario():
-        first = await call("POST", "/callbacks/bulk", _bulk("a"), headers=signed(_bulk("a")))
+        first = await call("POST", "/callbacks/bulk", a, headers=signed(a))
         conn.script_flush()  # as after a restart without persistence, or a failover
-        second = await call("POST", "/callbacks/bulk", _bulk("b"), headers=signed(_bulk("b")))
+        second = await call("POST", "/callbacks/bulk", b, headers=signed(b))
         await shut_down(app)
         return first, second
 
     first, second = uvloop.run(scenario())
 
     assert first[0] == second[0] == 202
-    assert conn.hget(record_key(second[2]["delivery_id"]), "body") == _bulk("b")
+    assert conn.hget(record_key(second[2]["delivery_id"]), "body") == b
+    assert conn.ttl(record_key(second[2]["delivery_id"])) == -1  # no expiry: kept until done
 
 
 class ReplyLosingRelay:
@@ -319,10 +335,12 @@ class ReplyLosingRelay:
         self.listener.close()
 
 
-def test_a_reply_lost_with_its_connection_is_read_again_on_a_new_one(config, conn) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_a_reply_lost_with_its_connection_is_read_again_on_a_new_one(config, conn, size) -> None:
     """The round trip takes the client's retry: the script runs again on a new connection and
     answers with the delivery's own id, so the callback gets its 202 (not a 503, and not
-    "duplicate" of itself), and one record."""
+    "duplicate" of itself), and one record; a held body written again is kept for good."""
+    pad = HELD if size == "held" else 0
     redis = urlsplit(config["REDIS_URL"])
     relay = ReplyLosingRelay(redis.port or 6379)
     config["REDIS_URL"] = redis._replace(netloc=f"127.0.0.1:{relay.port}").geturl()
@@ -332,7 +350,8 @@ def test_a_reply_lost_with_its_connection_is_read_again_on_a_new_one(config, con
     async def scenario():
         first = await call("POST", "/callbacks/bulk", _bulk("a"), headers=signed(_bulk("a")))
         relay.armed.set()
-        second = await call("POST", "/callbacks/bulk", _bulk("b"), headers=signed(_bulk("b")))
+        body = _bulk("b", pad)
+        second = await call("POST", "/callbacks/bulk", body, headers=signed(body))
         await shut_down(app)
         return first, second
 
@@ -345,7 +364,8 @@ def test_a_reply_lost_with_its_connection_is_read_again_on_a_new_one(config, con
     assert (second[0], second[2]["status"]) == (202, "accepted"), second
     delivery_id = second[2]["delivery_id"]
     assert conn.get("bulkhook:seen:bulk:b:COMPLETED") == delivery_id.encode()
-    assert conn.hget(record_key(delivery_id), "body") == _bulk("b")
+    assert conn.hget(record_key(delivery_id), "body") == _bulk("b", pad)
+    assert conn.ttl(record_key(delivery_id)) == -1
     assert len(conn.keys("bulkhook:delivery:*")) == 2
 
 
@@ -359,12 +379,13 @@ def test_every_callback_of_a_failed_round_trip_gets_503(config) -> None:
         assert headers["retry-after"]
 
 
-def test_too_few_replicas_fail_each_write_of_the_round_trip(config, conn) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_too_few_replicas_fail_each_write_of_the_round_trip(config, conn, size) -> None:
     """WAIT once at the end of the pipeline: with no replica, every callback in it gets 503,
     and each write did reach the primary (the sender's retry is a duplicate)."""
     config["BULKHOOK_REDIS_MIN_REPLICAS"] = "1"
     config["BULKHOOK_REDIS_REPLICA_WAIT_MS"] = "50"
-    bodies = [_bulk(f"job-{n}") for n in range(3)]
+    bodies = [_bulk(f"job-{n}", HELD if size == "held" and n else 0) for n in range(3)]
 
     answers = _post_at_once(config, bodies)
 
@@ -385,3 +406,83 @@ def test_a_write_whose_reply_was_lost_is_not_its_own_duplicate() -> None:
     assert write.receipt(b"d1") == intake.Receipt("d1", duplicate=False)
     assert write.receipt(b"d0") == intake.Receipt("d0", duplicate=True)
     assert write.receipt(None) == intake.Receipt("d1", duplicate=False)
+
+
+class Monitor:
+    """Every command Redis runs, as MONITOR shows it: `[0 lua]` for those a script called."""
+
+    def __init__(self, conn: Any) -> None:
+        self.lines: list[str] = []
+        self._monitor = conn.monitor().__enter__()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        with contextlib.suppress(Exception):
+            for command in self._monitor.listen():
+                self.lines.append(f"[{command['client_type']}] {command['command']}")
+
+    def stop(self, conn: Any) -> list[str]:
+        conn.echo("monitor-end")
+        for _ in range(200):
+            if any("monitor-end" in line for line in self.lines):
+                break
+            threading.Event().wait(0.01)
+        self._monitor.__exit__(None, None, None)
+        return self.lines
+
+
+def test_a_large_body_never_goes_through_lua_on_its_way_in_or_out(config, conn) -> None:
+    """Redis 7 hashes every string that enters a script byte by byte (redis/redis#9449):
+    a held body is written by a command of its own, dropped again for a duplicate, and a
+    drain reads it outside its script."""
+    body, again = _bulk("big", HELD), _bulk("big", HELD + 1)  # the same job and status
+    monitor = Monitor(conn)
+    app = create_asgi_app(config)
+    call = caller(app)
+
+    async def scenario():
+        first = await call("POST", "/callbacks/bulk", body, headers=signed(body))
+        second = await call("POST", "/callbacks/bulk", again, headers=signed(again))
+        await shut_down(app)
+        return first, second
+
+    first, second = uvloop.run(scenario())
+    taken = drain.take(conn, "drain-big", 10)
+    lines = monitor.stop(conn)
+
+    assert (first[0], second[0], second[2]["status"]) == (202, 200, "duplicate")
+    delivery_id = first[2]["delivery_id"]
+    assert [(i, b) for i, _, b in taken] == [(delivery_id, body)]
+    assert conn.keys("bulkhook:delivery:*") == [record_key(delivery_id).encode()]
+    scripted = [line for line in lines if line.startswith("[lua]")]
+    assert scripted, "the intake and take scripts ran"
+    assert not [line for line in scripted if "big-x" in line or "HGETALL" in line]
+    assert [line for line in lines if "big-x" in line and line.startswith("[tcp]")]
+
+
+def test_a_held_body_is_written_again_by_the_sync_path_as_the_script_left_it(config, conn):
+    """The blocking client's round trip (callbacks.py's path): a new delivery's body is kept
+    for good; run again with the same delivery id (the client's retry after a lost answer)
+    once a worker processed it, the record stays as the success write left it."""
+    from service import create_app, payloads
+    from service.runtime import EXTENSION
+
+    parts = create_app(config).extensions[EXTENSION]
+    body = _bulk("sync", HELD)
+    payload = payloads.parse("bulk", body.decode())
+    write = intake.prepare(parts.queue, parts.settings, payload, body, signed=True,
+                           webhook_id=None)  # fmt: skip
+    key = record_key(write.delivery_id)
+
+    assert intake.run(parts.accept_script, write, parts.settings) is None
+    assert (conn.hget(key, "body"), conn.ttl(key)) == (body, -1)
+    # What the success write does (successes.py): done, no body, kept for the de-dup TTL.
+    conn.hset(key, "state", "done")
+    conn.hdel(key, "body")
+    conn.expire(key, parts.settings.dedup_ttl_seconds)
+    again = intake.run(parts.accept_script, write, parts.settings)
+
+    assert again == write.delivery_id.encode()
+    assert conn.hget(key, "body") is None
+    assert 0 < conn.ttl(key) <= parts.settings.dedup_ttl_seconds
