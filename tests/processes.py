@@ -129,8 +129,12 @@ class Stack:
         self.log_files: list = []
         self.web = self._start("web")
         self.worker = self._start("worker")
-        wait_until_serving(f"{self.base}/readyz", self.web)
         self.conn = Redis.from_url(self.redis.url)
+        try:
+            wait_until_serving(f"{self.base}/readyz", self.web)
+        except BaseException:
+            self.close()  # a web that never served leaves no worker and Redis behind
+            raise
 
     def _start(self, name: str) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in close()
