@@ -10,6 +10,9 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import click
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import bulk_cli, deadletter, delivery, logs, runner, signature
 from .config import Settings
@@ -21,13 +24,19 @@ DATA_DIR = Path("var")
 
 
 class _Group(click.Group):
-    """Show configuration problems as one clear line, not a traceback."""
+    """Show configuration problems, and a Redis that cannot be reached or refuses, as one clear
+    line, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # redis-py names the host and port, never the URL's password.
+            raise click.ClickException(f"cannot reach Redis: {exc}") from None
+        except RedisError as exc:
+            raise click.ClickException(f"Redis refused: {exc}") from None
 
 
 @click.group(cls=_Group)

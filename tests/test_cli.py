@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from service.cli import main
+from service.embedded_redis import free_port
 
 from .conftest import BULK_BODY, EVENTS_BODY, KEY, post, work
 
@@ -34,6 +36,17 @@ def test_sign_without_a_key_says_how_to_give_one() -> None:
     result = CliRunner().invoke(main, ["sign", "-"], input=b"{}")
     assert result.exit_code == 1
     assert "pass --key, or set BULKHOOK_SIGNATURE_KEY" in result.output
+
+
+@pytest.mark.parametrize("command", [["inbox"], ["jobs"], ["failed", "list"]])
+def test_a_redis_that_cannot_be_reached_is_one_clear_line(command) -> None:
+    url = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"  # nothing listens there
+    result = CliRunner().invoke(main, command, env={"REDIS_URL": url,
+                                                    "BULKHOOK_SIGNATURE_KEY": KEY})  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot reach Redis: ")
+    assert "hunter2" not in result.output
+    assert result.exc_info is not None and result.exc_info[0] is SystemExit  # no traceback
 
 
 def test_inbox_lists_recent_deliveries_newest_first(client, conn, redis_url) -> None:
