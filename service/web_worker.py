@@ -43,7 +43,12 @@ class Bounds:
         """The most bytes a head within the other bounds can take, CRLFs included (0: any)."""
         if not (self.request_line and self.fields and self.field_size):
             return 0
-        return self.request_line + 2 + self.fields * (self.field_size + 2) + 2
+        line = self.request_line + _METHOD_AND_VERSION + 2
+        return line + self.fields * (self.field_size + 2) + 2
+
+
+_METHOD_AND_VERSION = 24
+"""Room for the method and " HTTP/1.1" beside the URL, which `request_line` bounds."""
 
 
 class Refused(Exception):
