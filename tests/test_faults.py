@@ -23,7 +23,7 @@ import pytest
 
 from service.embedded_redis import EmbeddedRedis, free_port
 
-from .load import Observed, check, run_load
+from .load import Observed, bodies_left_behind, check, run_load
 from .processes import (
     REPO,
     children,
@@ -151,3 +151,4 @@ def test_zero_loss_while_workers_gunicorn_and_redis_are_killed(fault_stack: Faul
     assert len(stack.faults) == 6
     # Tasks whose worker died come back after RQ's abandoned-task window (monitor + 60 s).
     check(stack, tally, duration, "faults", settle_seconds=240)
+    assert bodies_left_behind(stack.redis.url) == []
