@@ -81,6 +81,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._idle_check.cancel()
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self) -> None:
+        # The connection becomes the WebSocket protocol's: its idleness is no longer ours.
+        if self._idle_check is not None:
+            self._idle_check.cancel()
+        super().handle_websocket_upgrade()
+
     def data_received(self, data: bytes) -> None:
         self._heard = self.loop.time()
         super().data_received(data)

@@ -143,3 +143,15 @@ def test_a_slow_sender_that_keeps_sending_is_not_cut_off(stack: Stack) -> None:
     parts = [request[i : i + 16] for i in range(0, len(request), 16)]
     pause = 2 * IDLE_SECONDS / len(parts)
     assert exchange(stack, *parts, pause=pause)[0] == 202
+
+
+def test_a_websocket_upgrade_is_handed_over_and_refused(stack: Stack) -> None:
+    """The bounded protocol hands an upgrade to uvicorn's WebSocket protocol, and the app
+    refuses it (403 before accepting): nothing answers callbacks over WebSocket."""
+    request = (
+        b"GET /callbacks/bulk HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    answer = send_raw(stack.port, request)
+    assert answer.startswith(b"HTTP/1.1 403")
