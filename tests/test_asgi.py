@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import uvloop
+from redis import Redis
 
 from service import drain, intake, jobs
 from service.asgi import create_asgi_app
@@ -409,26 +410,31 @@ def test_a_write_whose_reply_was_lost_is_not_its_own_duplicate() -> None:
 
 
 class Monitor:
-    """Every command Redis runs, as MONITOR shows it: `[0 lua]` for those a script called."""
+    """Every command Redis runs, as MONITOR shows it: `[lua]` for those a script called. On a
+    client of its own: MONITOR takes its connection for good."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, url: str) -> None:
         self.lines: list[str] = []
-        self._monitor = conn.monitor().__enter__()
+        self._client = Redis.from_url(url)
+        self._monitor = self._client.monitor().__enter__()
         self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
 
     def _listen(self) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # ends when stop() closes the connection
             for command in self._monitor.listen():
                 self.lines.append(f"[{command['client_type']}] {command['command']}")
 
-    def stop(self, conn: Any) -> list[str]:
+    def stop(self, conn: Redis) -> list[str]:
+        """The lines up to now: an ECHO marks the end, then the connection is closed."""
         conn.echo("monitor-end")
-        for _ in range(200):
+        for _ in range(500):
             if any("monitor-end" in line for line in self.lines):
                 break
             threading.Event().wait(0.01)
-        self._monitor.__exit__(None, None, None)
+        self._monitor.connection.disconnect()
+        self._thread.join(timeout=5)
+        self._client.close()
         return self.lines
 
 
@@ -437,7 +443,7 @@ def test_a_large_body_never_goes_through_lua_on_its_way_in_or_out(config, conn) 
     a held body is written by a command of its own, dropped again for a duplicate, and a
     drain reads it outside its script."""
     body, again = _bulk("big", HELD), _bulk("big", HELD + 1)  # the same job and status
-    monitor = Monitor(conn)
+    monitor = Monitor(config["REDIS_URL"])
     app = create_asgi_app(config)
     call = caller(app)
 
