@@ -6,13 +6,16 @@ middle of a request or never starts one, and refuses what it cannot parse in pla
 Here the head is held to gunicorn's `limit_request_line`, `limit_request_fields` and
 `limit_request_field_size` (414, 431), a sender silent for gunicorn's `timeout` in the middle
 of a request gets 408 (one that never sent a byte is closed), and these refusals are JSON
-like every other answer, with 400 for what is not HTTP/1.1.
+like every other answer, with 400 for what is not HTTP/1.1. And, as gunicorn's own workers do,
+a worker stops when its master is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -187,3 +190,13 @@ class Worker(UvicornWorker):
         super().__init__(*args, **kwargs)
         # uvicorn's Config takes a protocol class for `http` and resolves it at start.
         self.config.http = bounded_protocol(Bounds.of(self.cfg))
+
+    async def callback_notify(self) -> None:
+        """The heartbeat uvicorn sends every `timeout / 2` s; first, gunicorn's own workers'
+        check: a worker whose master is gone (killed, not stopped) stops, rather than serve
+        on unsupervised, holding the port a new master needs."""
+        if self.ppid != os.getppid():
+            self.log.info("Parent changed, shutting down: %s", self)
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own graceful stop
+            return
+        await super().callback_notify()

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from service.signature import sign
 
 from .conftest import KEY
-from .processes import Stack, send_raw
+from .processes import Stack, children, port_is_open, send_raw, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +159,31 @@ def test_a_websocket_upgrade_is_handed_over_and_refused(stack: Stack) -> None:
     )
     answer = send_raw(stack.port, request)
     assert answer.startswith(b"HTTP/1.1 403")
+
+
+def test_a_worker_whose_master_was_killed_stops_and_frees_the_port(tmp_path) -> None:
+    """gunicorn's own workers stop when their master is gone; uvicorn's served on, holding
+    the port, with nothing to restart them."""
+    orphaned = Stack(tmp_path, KEY, WEB_CONCURRENCY="1", GUNICORN_TIMEOUT=str(IDLE_SECONDS))
+    [worker] = children(orphaned.web.pid)
+    try:
+        os.kill(orphaned.web.pid, signal.SIGKILL)
+        orphaned.web.wait()
+
+        def stopped() -> bool:
+            return not running(worker) and not port_is_open(orphaned.port)
+
+        wait_for(stopped, timeout=20, what="the orphaned worker to stop")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)  # if it did not stop, it must not outlive the test
+        orphaned.close()
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is alive: not gone, and not a zombie no one has reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
