@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.http import HTTP_STATUS_CODES
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,12 @@ _STATUS_WORDS = {
     413: "too_large",
     503: "unavailable",
 }
+
+
+def status_word(code: int) -> str:
+    """An answer's `status` for HTTP status `code`: the service's own word, else the code's
+    name in snake case, as werkzeug names it ("request_timeout")."""
+    return _STATUS_WORDS.get(code) or HTTP_STATUS_CODES.get(code, "error").lower().replace(" ", "_")
 
 
 def answer(code: int, status: str, detail: str, **extra: Any) -> Response:
@@ -35,8 +42,7 @@ def init_app(app: Flask) -> None:
 
 def _http_error(exc: HTTPException) -> Response:
     code = exc.code or 500
-    status = _STATUS_WORDS.get(code) or (exc.name or "error").lower().replace(" ", "_")
-    response = answer(code, status, exc.description or exc.name)
+    response = answer(code, status_word(code), exc.description or exc.name)
     # Keep headers the error defines, such as Allow on a 405.
     for name, value in exc.get_headers():
         if name.lower() != "content-type":

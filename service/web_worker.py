@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -24,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from .callbacks import Answer, encode, reply
+from .errors import status_word
 
 
 @dataclass(frozen=True)
@@ -171,9 +171,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def _refusal(code: int, detail: str) -> Answer:
-    words = re.sub(r"[^a-z]+", "_", HTTPStatus(code).phrase.lower())
-    status = "malformed" if code == 400 else words  # 400: the service's word for bad input
-    return reply(code, status, detail)
+    return reply(code, status_word(code), detail)
 
 
 def bounded_protocol(bounds: Bounds) -> type[BoundedHttpToolsProtocol]:
