@@ -17,7 +17,7 @@ import os
 import signal
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
@@ -108,22 +108,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         limit = self.bounds.request_line
         if limit and len(self.url) + len(url) > limit:
-            self._refusal = _refusal(414, f"request URL is over {limit} bytes")
-            raise Refused
+            self._stop_parsing(414, f"request URL is over {limit} bytes")
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
         bounds = self.bounds
         if bounds.fields and self._fields > bounds.fields:
-            self._refusal = _refusal(431, f"request has over {bounds.fields} header fields")
-            raise Refused
+            self._stop_parsing(431, f"request has over {bounds.fields} header fields")
         if bounds.field_size and len(name) + len(value) > bounds.field_size:
             field = name.decode("latin-1")[:64]
-            detail = f"header field {field} is over {bounds.field_size} bytes"
-            self._refusal = _refusal(431, detail)
-            raise Refused
+            self._stop_parsing(431, f"header field {field} is over {bounds.field_size} bytes")
         super().on_header(name, value)
+
+    def _stop_parsing(self, code: int, detail: str) -> NoReturn:
+        """From a parser callback: httptools stops, and uvicorn's 400 becomes this refusal."""
+        self._refusal = _refusal(code, detail)
+        raise Refused
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -181,8 +182,6 @@ def bounded_protocol(bounds: Bounds) -> type[BoundedHttpToolsProtocol]:
 
 class Worker(UvicornWorker):
     """uvicorn's gunicorn worker, speaking `BoundedHttpToolsProtocol` within gunicorn's limits."""
-
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "httptools"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
