@@ -136,6 +136,11 @@ def load(conn: Redis, delivery_id: str) -> tuple[dict[str, str], bytes | None] |
     raw = cast(dict[bytes, bytes], conn.hgetall(record_key(delivery_id)))
     if not raw:
         return None
+    return fields_and_body(raw)
+
+
+def fields_and_body(raw: dict[bytes, bytes]) -> tuple[dict[str, str], bytes | None]:
+    """A record as HGETALL answers it: its text fields, and its body (None once processed)."""
     body = raw.pop(b"body", None)
     return {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}, body
 

@@ -139,11 +139,10 @@ def take(
     for delivery_id in ids:
         pipe.hgetall(delivery.record_key(delivery_id))
     taken = []
-    for delivery_id, pairs in zip(ids, pipe.execute(), strict=True):
-        body = pairs.pop(b"body", None)
+    for delivery_id, raw in zip(ids, pipe.execute(), strict=True):
+        fields, body = delivery.fields_and_body(raw)
         if body is None:
             continue  # processed already (the sweeper's copy, in the meantime): body gone
-        fields = {k.decode(): v.decode("utf-8", "replace") for k, v in pairs.items()}
         taken.append((delivery_id, fields, body))
     return taken
 
