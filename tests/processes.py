@@ -204,12 +204,14 @@ class Stack:
         return wait_for(done, timeout, what=f"job {job_id} to be processed")
 
     def close(self) -> None:
-        for process in (self.web, self.worker):
-            stop(process)
-        self.redis.stop()
-        self.conn.close()
-        for log in self.log_files:
-            log.close()
+        # Every part is stopped even if one fails to stop (then raised after the rest).
+        with contextlib.ExitStack() as cleanup:
+            for log in self.log_files:
+                cleanup.callback(log.close)
+            cleanup.callback(self.conn.close)
+            cleanup.callback(self.redis.stop)
+            for process in (self.worker, self.web):
+                cleanup.callback(stop, process)
 
 
 class SimulatorProcess:

@@ -112,11 +112,13 @@ class FaultStack(Observed):
     def close(self) -> None:
         self.supervising = False
         self.supervisor.join()
-        for process in [self.web, *self.workers]:
-            stop(process)
-        self.redis.stop()
-        for log in self.logs:
-            log.close()
+        # Every part is stopped even if one fails to stop (then raised after the rest).
+        with contextlib.ExitStack() as cleanup:
+            for log in self.logs:
+                cleanup.callback(log.close)
+            cleanup.callback(self.redis.stop)
+            for process in [*self.workers, self.web]:
+                cleanup.callback(stop, process)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ primary came back.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -138,14 +139,16 @@ class SentinelStack(Observed):
         return self.sentinels[0].master()
 
     def close(self) -> None:
-        for process in (self.web, self.worker):
-            stop(process)
-        for sentinel in self.sentinels:
-            sentinel.close()
-        for server in (self.primary, *self.replicas):
-            server.stop()
-        for log in self.logs:
-            log.close()
+        # Every part is stopped even if one fails to stop (then raised after the rest).
+        with contextlib.ExitStack() as cleanup:
+            for log in self.logs:
+                cleanup.callback(log.close)
+            for server in (self.primary, *self.replicas):
+                cleanup.callback(server.stop)
+            for sentinel in self.sentinels:
+                cleanup.callback(sentinel.close)
+            for process in (self.worker, self.web):
+                cleanup.callback(stop, process)
 
 
 @pytest.fixture
