@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -438,7 +439,8 @@ def fill(redis: EmbeddedRedis, goal: int) -> None:
             write = intake.prepare(parts.queue, parts.settings, payload, body, signed=True,
                                    webhook_id=None, remote_addr="127.0.0.1",
                                    headers=headers)  # fmt: skip
-            parts.accept_script(keys=write.keys, args=write.args, client=pipe)
+            write.queue(pipe, partial(parts.accept_script, keys=write.keys, args=write.args,
+                                      client=pipe))  # fmt: skip
         pipe.execute()
     parts.redis.close()
 
