@@ -484,7 +484,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     args = parser.parse_args()
     ensure_tools()
-    results: dict = {"rounds": {}, "machine": {"cores": os.cpu_count()}}
+    results: dict = {"rounds": {}, "machine": machine()}
     with tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
         bench = Bench(tmp, stack)
@@ -529,6 +529,24 @@ def main() -> None:
         results["worker_per_s"] = worker_rate(worker_redis, 10_000, bench.env)
     args.out.write_text(json.dumps(results, indent=2))
     _print(results)
+
+
+def machine() -> dict:
+    """What the figures depend on besides the code: cores, CPU, and the interpreter the
+    Procfile's processes run (this venv's). Builds of one version differ: on one machine, a
+    pyenv build configured without --enable-optimizations or --with-lto took 0.81-0.90x the
+    bulk callbacks/s that Debian's own python3.11 did in interleaved rounds (README); the peer
+    is compiled Go either way. `python_loop_us` times a pure-Python loop, to compare runs."""
+    import platform
+    import sysconfig
+    import timeit
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").open()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    loop = min(timeit.repeat("for i in range(1000): x = i * 2", number=200, repeat=5)) / 200
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": sys.version.split()[0],
+            "python_executable": sys.executable, "python_loop_us": round(loop * 1e6, 1),
+            "python_configured": sysconfig.get_config_var("CONFIG_ARGS") or ""}  # fmt: skip
 
 
 def _counts(text: str) -> list[int]:
@@ -603,6 +621,11 @@ def _print(results: dict) -> None:
     print(
         f"\nbefore the end-to-end step, waited {results['waited_for_backlog_s']} s for the "
         "rounds' backlog to drain (the first stack's worker would compete for the cores)"
+    )
+    box = results["machine"]
+    print(
+        f"\nmachine: {box['cores']} cores, {box['cpu']}; Python {box['python']} "
+        f"({box['python_executable']}), a 1,000-step loop in {box['python_loop_us']} us"
     )
     print("\ntargets:")
     for name, ok, figure in verdicts:
