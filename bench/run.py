@@ -16,14 +16,17 @@ import hmac
 import http.client
 import json
 import os
+import platform
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
+import timeit
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -540,10 +543,6 @@ def machine() -> dict:
     pyenv build configured without --enable-optimizations or --with-lto took 0.81-0.90x the
     bulk callbacks/s that Debian's own python3.11 did in interleaved rounds (README); the peer
     is compiled Go either way. `python_loop_us` times a pure-Python loop, to compare runs."""
-    import platform
-    import sysconfig
-    import timeit
-
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").open()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
     loop = min(timeit.repeat("for i in range(1000): x = i * 2", number=200, repeat=5)) / 200
