@@ -45,8 +45,8 @@ accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 # gunicorn's error and access lines and the app's, in BULKHOOK_LOG_FORMAT (json or text).
-# uvicorn's access lines go to gunicorn's access handlers: no query string, and none for a
-# callback the app logged itself (service/logs.py, AccessLines).
+# uvicorn's access lines go to gunicorn's access handlers: no query string (service/logs.py,
+# AccessLines), and none for a callback the app logs itself (service/web_worker.py).
 logconfig_dict = logs.gunicorn_config(loglevel.upper())
 
 

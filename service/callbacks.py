@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hmac
 import io
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +23,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+import orjson
 from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
@@ -308,7 +308,7 @@ def observe(seen: Seen, status_code: int, started: float, source: str | None) ->
 
 def encode(answer: Answer) -> tuple[bytes, list[tuple[str, str]]]:
     """An answer's body and headers."""
-    payload = json.dumps(answer.document, separators=(",", ":")).encode() + b"\n"
+    payload = orjson.dumps(answer.document) + b"\n"
     headers = [
         ("Content-Type", "application/json"),
         ("Content-Length", str(len(payload))),

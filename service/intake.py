@@ -12,7 +12,6 @@ would (the job hash, the queue list, the set of queues).
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from redis import Redis, RedisError
 from redis.commands.core import Script
 from rq import Queue
@@ -166,10 +166,11 @@ def prepare(
     """The script call that records the delivery and queues it for a drain."""
     delivery_id = uuid.uuid4().hex
     received = time.time()
+    now = datetime.fromtimestamp(received, UTC)
     record = delivery.new_record(
         delivery_id=delivery_id,
         payload=payload,
-        received_at=datetime.fromtimestamp(received, UTC).isoformat(timespec="microseconds"),
+        received_at=now.isoformat(timespec="microseconds"),
         signed=signed,
         webhook_id=webhook_id,
         remote_addr=remote_addr,
@@ -200,8 +201,8 @@ def prepare(
     template, data = _drain_template(queue)
     held = len(body) > HELD_BODY_BYTES
     args: list[Any] = [delivery_id, settings.dedup_ttl_seconds, settings.inbox_size, received,
-                       drain_id, drain.FLAG_TTL_SECONDS, json.dumps(record),
-                       b"" if held else body_field, utcformat(datetime.now(UTC)), template,
+                       drain_id, drain.FLAG_TTL_SECONDS, orjson.dumps(record),
+                       b"" if held else body_field, utcformat(now), template,
                        data, "held" if held else ""]  # fmt: skip
     return Write(delivery_id, keys, args, held=body_field if held else None)
 

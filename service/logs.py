@@ -14,8 +14,6 @@ from typing import Any
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from .payloads import KINDS
-
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """One line per record for humans: time, level, module, message."""
 
@@ -31,17 +29,12 @@ ACCESS_LOGGER = "uvicorn.access"
 """The web server's access log (uvicorn's worker under gunicorn): its records' arguments are
 client address, method, path with query, HTTP version and status code."""
 
-_CALLBACK_PATHS = frozenset(f"/callbacks/{kind}" for kind in KINDS)
-
 
 class AccessLines(logging.Filter):
-    """The web's access lines: never a query string (it carries per-job callback tokens), and
-    none for a callback the app logs itself.
+    """The web's access lines: never a query string (it carries per-job callback tokens).
 
-    A callback's own line has what the access line has (kind of path, answer and status
-    code, source, duration) and its ids besides: writing both cost some 5% of a callback's
-    CPU time under load. Every other request (health, metrics, the dashboard, a 405, or all
-    of them when the app's INFO lines are off) keeps its access line.
+    (A callback the app logs itself gets no access line at all: the web worker's protocol
+    does not ask for one, `web_worker.py`.)
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -50,14 +43,12 @@ class AccessLines(logging.Filter):
         if len(record.args) != 5:
             return True
         client, method, path, version, status = record.args
-        path = str(path).split("?", 1)[0]
-        if method == "POST" and path in _CALLBACK_PATHS and _app_logs_callbacks():
-            return False
-        record.args = (client, method, path, version, status)
+        record.args = (client, method, str(path).split("?", 1)[0], version, status)
         return True
 
 
-def _app_logs_callbacks() -> bool:
+def app_logs_callbacks() -> bool:
+    """Whether the app writes a line of its own for each callback (INFO on for its logger)."""
     return logging.getLogger("service.receiver").isEnabledFor(logging.INFO)
 
 

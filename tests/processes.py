@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import socket
@@ -37,6 +38,17 @@ def environment(**settings: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO)
     env.update(settings)
     return env
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The JSON lines of a log file (a line being written is skipped)."""
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return found
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:

@@ -15,7 +15,7 @@ from service import logs
 from service.signature import sign
 
 from .conftest import BULK_BODY, EVENTS_BODY, KEY, post, work
-from .processes import Stack, wait_for
+from .processes import Stack, json_lines, wait_for
 
 
 def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -172,37 +172,12 @@ def test_access_lines_become_fields_without_the_query_string() -> None:
     assert "secret-token" not in json.dumps(parsed) and "secret-token" not in text
 
 
-def test_a_callback_has_no_access_line_while_the_app_logs_its_own() -> None:
-    receiver = logging.getLogger("service.receiver")
-    before = receiver.level
-    try:
-        receiver.setLevel(logging.INFO)
-        assert not logs.AccessLines().filter(access_record("POST", "/callbacks/bulk", 202))
-        assert logs.AccessLines().filter(access_record("GET", "/callbacks/bulk", 405))
-        assert logs.AccessLines().filter(access_record("POST", "/callbacks/other", 404))
-        receiver.setLevel(logging.WARNING)  # then the access line is the callback's only one
-        assert logs.AccessLines().filter(access_record("POST", "/callbacks/bulk", 202))
-    finally:
-        receiver.setLevel(before)
-
-
 @pytest.mark.parametrize(("setting", "expected"), [("text", "text"), ("JSON", "json"),
                                                    ("", "json"), ("xml", "json")])  # fmt: skip
 def test_log_format_setting(setting: str, expected: str) -> None:
     assert logs.log_format({"BULKHOOK_LOG_FORMAT": setting}) == expected
     made = logs.formatter(expected).format(record("hello"))
     assert made.startswith("{") == (expected == "json")
-
-
-def json_lines(path: Path) -> list[dict]:
-    """The JSON lines of a log file (a line being written is skipped)."""
-    found = []
-    for line in path.read_text().splitlines():
-        try:
-            found.append(json.loads(line))
-        except ValueError:
-            continue
-    return found
 
 
 # --- under gunicorn, several processes -------------------------------------------------------

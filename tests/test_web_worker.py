@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from service.signature import sign
 
 from .conftest import KEY
-from .processes import Stack, children, port_is_open, send_raw, wait_for
+from .processes import Stack, children, json_lines, port_is_open, send_raw, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -159,6 +160,37 @@ def test_a_websocket_upgrade_is_handed_over_and_refused(stack: Stack) -> None:
     )
     answer = send_raw(stack.port, request)
     assert answer.startswith(b"HTTP/1.1 403")
+
+
+@pytest.mark.parametrize(("level", "callback_lines"), [("info", "app"), ("warning", "access")])
+def test_a_callback_has_one_line_the_apps_or_else_the_access_line(
+    tmp_path, level: str, callback_lines: str
+) -> None:
+    """While the app logs its callbacks (INFO), uvicorn is not asked for an access line for
+    them; with the app's INFO lines off, the access line is the callback's only one. Other
+    requests (a GET of a callback path: 405, health) keep theirs either way."""
+    quiet = Stack(tmp_path, KEY, WEB_CONCURRENCY="1", GUNICORN_LOG_LEVEL=level)
+    try:
+        body = bulk_body()
+        assert quiet.post(body).status_code == 202
+        assert requests.get(f"{quiet.base}/callbacks/bulk", timeout=10).status_code == 405
+        assert requests.get(f"{quiet.base}/healthz", timeout=10).status_code == 200
+
+        def lines() -> list[dict] | None:
+            found = json_lines(tmp_path / "web.log")
+            return found if any(line.get("path") == "/healthz" for line in found) else None
+
+        logged = wait_for(lines, timeout=10, what="the health check's access line")
+    finally:
+        quiet.close()
+    access = [(line["method"], line["path"]) for line in logged
+              if line.get("logger") == "uvicorn.access"]  # fmt: skip
+    app = [line for line in logged if line.get("answer") == "accepted"]
+    assert ("GET", "/callbacks/bulk") in access and ("GET", "/healthz") in access
+    if callback_lines == "app":
+        assert ("POST", "/callbacks/bulk") not in access and len(app) == 1
+    else:
+        assert ("POST", "/callbacks/bulk") in access and not app
 
 
 def test_a_worker_whose_master_was_killed_stops_and_frees_the_port(tmp_path) -> None:
