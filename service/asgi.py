@@ -48,6 +48,7 @@ from .runtime import EXTENSION, Runtime
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 WORKER_CLASS = "service.web_worker.Worker"
 """The gunicorn worker class this app needs: uvicorn's (an ASGI app; gunicorn's own workers are
@@ -114,7 +115,7 @@ class CallbackASGI:
         if kind is None:
             return await self.inner(scope, receive, send)
         if scope["method"] != "POST":
-            return await _send(send, not_posted())
+            return await send_answer(send, not_posted())
         started = time.perf_counter()
         seen = Seen(kind)
         request = AsgiRequest(scope, self.runtime.settings.trusted_proxies)
@@ -125,7 +126,7 @@ class CallbackASGI:
         except Exception:
             answer = internal_error(kind, seen)
         observe(seen, answer.code, started, request.remote_addr)
-        await _send(send, answer)
+        await send_answer(send, answer)
 
     async def take(self, kind: str, request: AsgiRequest, receive: Receive, seen: Seen) -> Answer:
         """callbacks.take, awaiting the body and Redis."""
@@ -188,7 +189,8 @@ async def _read_body(request: AsgiRequest, receive: Receive, limit: int) -> byte
             return body
 
 
-async def _send(send: Send, answer: Answer) -> None:
+async def send_answer(send: Send, answer: Answer) -> None:
+    """Send `answer` as the response."""
     payload, headers = encode(answer)
     await send({
         "type": "http.response.start",

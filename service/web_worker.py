@@ -6,7 +6,9 @@ middle of a request or never starts one, and refuses what it cannot parse in pla
 Here the head is held to gunicorn's `limit_request_line`, `limit_request_fields` and
 `limit_request_field_size` (414, 431), a sender silent for gunicorn's `timeout` in the middle
 of a request gets 408 (one that never sent a byte is closed), and these refusals are JSON
-like every other answer, with 400 for what is not HTTP/1.1. And, as gunicorn's own workers do,
+like every other answer, with 400 for what is not HTTP/1.1. A request that begins while the
+worker has more than gunicorn's `worker_connections` open gets 503 (uvicorn's worker takes
+any number of connections, gunicorn's threaded one that many). And, as gunicorn's own workers do,
 a worker stops when its master is gone. A callback the app logs itself gets no access line.
 """
 
@@ -22,25 +24,30 @@ from typing import Any, ClassVar, NoReturn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
+from .asgi import App, Receive, Scope, Send, send_answer
 from .callbacks import PATHS, Answer, encode, reply
+from .config import RETRY_AFTER_SECONDS
 from .errors import status_word
 from .logs import app_logs_callbacks
 
 
 @dataclass(frozen=True)
 class Bounds:
-    """What one request may take of a web worker; 0 means no bound, as in gunicorn."""
+    """What one request may take of a web worker, and how many connections the worker
+    serves at once; 0 means no bound, as in gunicorn."""
 
     request_line: int
     fields: int
     field_size: int
     idle_seconds: float
+    connections: int = 0
 
     @classmethod
     def of(cls, cfg: Any) -> Bounds:
         """The bounds gunicorn's settings (`cfg`) give its own workers."""
         return cls(cfg.limit_request_line, cfg.limit_request_fields,
-                   cfg.limit_request_field_size, cfg.timeout)  # fmt: skip
+                   cfg.limit_request_field_size, cfg.timeout,
+                   cfg.worker_connections)  # fmt: skip
 
     @property
     def head(self) -> int:
@@ -129,6 +136,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        limit = self.bounds.connections
+        if limit and len(self.connections) > limit:
+            self._refuse_over(limit)
+            return
         super().on_headers_complete()
         scope = self.scope
         if scope.get("path") in PATHS and scope["method"] == "POST" and app_logs_callbacks():
@@ -136,6 +147,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # source, duration) and the ids besides. Asking here, rather than dropping the
             # record in a filter, saves making it: 2.5% of the web's CPU under load (py-spy).
             self.cycle.access_log = False
+
+    def _refuse_over(self, limit: int) -> None:
+        """Answer 503 to the request whose head just ended: over `limit` connections.
+
+        Before its body is read (each request under way may hold up to
+        BULKHOOK_MAX_BODY_BYTES), but as a request like any other: uvicorn reads past the body
+        and the connection stays open, so the sender reads the answer whole (closing with its
+        body unread could reset the connection under it). It retries after Retry-After.
+        """
+        self.logger.warning("Refused a request: over %d connections.", limit)
+        app, self.app = self.app, _over_connections(limit)
+        try:
+            super().on_headers_complete()  # runs the request with self.app
+        finally:
+            self.app = app
 
     def on_message_complete(self) -> None:
         self._incomplete = False
@@ -179,7 +205,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def _refusal(code: int, detail: str) -> Answer:
-    return reply(code, status_word(code), detail)
+    retry = [("Retry-After", str(RETRY_AFTER_SECONDS))] if code == 503 else None
+    return reply(code, status_word(code), detail, headers=retry)
+
+
+def _over_connections(limit: int) -> App:
+    """An ASGI app that answers 503: the worker is serving more than `limit` connections."""
+    answer = _refusal(503, f"this web process is serving more than its {limit} connections "
+                           "(gunicorn's worker_connections); retry later")  # fmt: skip
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        await send_answer(send, answer)
+
+    return refuse
 
 
 def bounded_protocol(bounds: Bounds) -> type[BoundedHttpToolsProtocol]:

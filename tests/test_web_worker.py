@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -191,6 +192,54 @@ def test_a_callback_has_one_line_the_apps_or_else_the_access_line(
         assert ("POST", "/callbacks/bulk") not in access and len(app) == 1
     else:
         assert ("POST", "/callbacks/bulk") in access and not app
+
+
+def test_a_request_over_worker_connections_gets_503_and_is_taken_once_they_close(
+    tmp_path,
+) -> None:
+    """uvicorn's worker takes any number of connections at once; this one keeps gunicorn's
+    worker_connections. Over it, a request is answered 503 (JSON, Retry-After) before its body
+    is read, on a connection that stays usable; nothing is recorded; the same callback is
+    taken once connections close."""
+    limited = Stack(tmp_path, KEY, WEB_CONCURRENCY="1", GUNICORN_CMD_ARGS="--worker-connections 2")
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(limited.close)
+        held = [socket.create_connection(("127.0.0.1", limited.port), timeout=30) for _ in range(2)]
+        for sock in held:
+            cleanup.enter_context(sock)
+            sock.sendall(b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\n")  # heads under way
+        body = bulk_body()
+        with socket.create_connection(("127.0.0.1", limited.port), timeout=30) as third:
+            third.sendall(signed_request(body).replace(b"Connection: close", b"X-Keep: 1") + body)
+            head, payload = read_answer(third)
+            # The connection was kept: a second request on it gets its own answer.
+            third.sendall(b"GET /callbacks/bulk HTTP/1.1\r\nHost: x\r\n\r\n")
+            again, _ = read_answer(third)
+        assert head.startswith(b"HTTP/1.1 503 ") and b"retry-after: 10" in head.lower()
+        assert payload["status"] == "unavailable" and "worker_connections" in payload["detail"]
+        assert again.startswith(b"HTTP/1.1 503 ")
+        assert not limited.conn.keys("bulkhook:delivery:*")
+        for sock in held:
+            sock.close()
+
+        def taken() -> int | None:
+            status = limited.post(body).status_code
+            return status if status != 503 else None
+
+        assert wait_for(taken, timeout=10, what="a 2xx once the connections closed") == 202
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, dict]:
+    """One answer with a Content-Length from a kept-alive connection: its head and JSON body."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        raw += sock.recv(65536)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:")))  # fmt: skip
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head, json.loads(rest[:length])
 
 
 def test_a_worker_whose_master_was_killed_stops_and_frees_the_port(tmp_path) -> None:
