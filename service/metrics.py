@@ -65,7 +65,7 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 # Every series exists from the start, at 0. The children are kept: `labels()` takes a lock
-# and builds a key on each call, some 3% of a callback's CPU in the web (py-spy).
+# and builds a key on each call: about 2% of the web's CPU under load (py-spy).
 _LATENCIES = {kind: LATENCY.labels(kind) for kind in KINDS}
 _ANSWERED = {(kind, answer): CALLBACKS.labels(kind, answer) for kind in KINDS for answer in ANSWERS}
 

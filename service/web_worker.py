@@ -6,10 +6,10 @@ middle of a request or never starts one, and refuses what it cannot parse in pla
 Here the head is held to gunicorn's `limit_request_line`, `limit_request_fields` and
 `limit_request_field_size` (414, 431), a sender silent for gunicorn's `timeout` in the middle
 of a request gets 408 (one that never sent a byte is closed), and these refusals are JSON
-like every other answer, with 400 for what is not HTTP/1.1. A request that begins while the
-worker has more than gunicorn's `worker_connections` open gets 503 (uvicorn's worker takes
-any number of connections, gunicorn's threaded one that many). And, as gunicorn's own workers do,
-a worker stops when its master is gone. A callback the app logs itself gets no access line.
+like every other answer, with 400 for what is not HTTP/1.1. uvicorn's worker serves any
+number of connections at once; here a request that begins while more than gunicorn's
+`worker_connections` are open gets 503. And, as gunicorn's own workers do, a worker stops when
+its master is gone. A callback the app logs itself gets no access line.
 """
 
 from __future__ import annotations
