@@ -210,7 +210,9 @@ def test_a_request_over_worker_connections_gets_503_and_is_taken_once_they_close
             sock.sendall(b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\n")  # heads under way
         body = bulk_body()
         with socket.create_connection(("127.0.0.1", limited.port), timeout=30) as third:
-            third.sendall(signed_request(body).replace(b"Connection: close", b"X-Keep: 1") + body)
+            # Kept alive (signed_request asks to close), to show the connection stays usable.
+            keep_alive = signed_request(body).replace(b"Connection: close\r\n", b"")
+            third.sendall(keep_alive + body)
             head, payload = read_answer(third)
             # The connection was kept: a second request on it gets its own answer.
             third.sendall(b"GET /callbacks/bulk HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -230,15 +232,22 @@ def test_a_request_over_worker_connections_gets_503_and_is_taken_once_they_close
 
 
 def read_answer(sock: socket.socket) -> tuple[bytes, dict]:
-    """One answer with a Content-Length from a kept-alive connection: its head and JSON body."""
+    """One answer with a Content-Length from a kept-alive connection: its head and JSON body
+    (AssertionError if the server closes the connection first)."""
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection before its answer was whole"
+        return chunk
+
     raw = b""
     while b"\r\n\r\n" not in raw:
-        raw += sock.recv(65536)
+        raw += more()
     head, _, rest = raw.partition(b"\r\n\r\n")
     length = int(next(line.split(b":")[1] for line in head.lower().split(b"\r\n")
                       if line.startswith(b"content-length:")))  # fmt: skip
     while len(rest) < length:
-        rest += sock.recv(65536)
+        rest += more()
     return head, json.loads(rest[:length])
 
 
