@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -149,11 +150,12 @@ def proxied(tmp_path_factory) -> Iterator[tuple[Stack, Nginx]]:
     if shutil.which("nginx") is None:
         pytest.skip("needs nginx (.ci/run installs it: apt-get install nginx)")
     tmp = tmp_path_factory.mktemp("nginx")
-    stack = Stack(tmp, KEY, BULKHOOK_TRUSTED_PROXIES="1", BULKHOOK_HANDLERS="log")
-    nginx = Nginx(tmp, stack.port)
-    yield stack, nginx
-    nginx.close()
-    stack.close()
+    with contextlib.ExitStack() as cleanup:  # the stack stops even if nginx fails to start
+        stack = Stack(tmp, KEY, BULKHOOK_TRUSTED_PROXIES="1", BULKHOOK_HANDLERS="log")
+        cleanup.callback(stack.close)
+        nginx = Nginx(tmp, stack.port)
+        cleanup.callback(nginx.close)
+        yield stack, nginx
 
 
 def callback() -> bytes:
