@@ -9,12 +9,14 @@ of a request gets 408 (one that never sent a byte is closed), and these refusals
 like every other answer, with 400 for what is not HTTP/1.1. uvicorn's worker serves any
 number of connections at once; here a request that begins while more than gunicorn's
 `worker_connections` are open gets 503. And, as gunicorn's own workers do, a worker stops when
-its master is gone. A callback the app logs itself gets no access line.
+its master is gone. A callback the app logs itself gets no access line, and a refusal
+of ours one warning line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from dataclasses import dataclass
@@ -74,6 +76,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._refusal: Answer | None = None
+        # Where uvicorn takes a logging.Logger, a stand-in with the same methods.
+        self.logger = _OwnRefusalsSaidOnce(self.logger, self)  # type: ignore[assignment]
         self._head_bytes = 0
         self._fields = 0
         self._in_head = False
@@ -202,6 +206,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()  # answered already (a 413 before the whole body)
         else:
             self._refuse(408, f"no part of the request came for {silent:.0f} s")
+
+
+class _OwnRefusalsSaidOnce:
+    """uvicorn's logger for one connection, without the line uvicorn writes when parsing
+    stops ("Invalid HTTP request received.") if it stopped for one of our bounds: our own
+    line, written next, says which. What httptools itself cannot parse keeps uvicorn's line."""
+
+    def __init__(self, logger: logging.Logger, protocol: BoundedHttpToolsProtocol) -> None:
+        self._logger = logger
+        self._protocol = protocol
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if msg == _PARSING_STOPPED and self._protocol._refusal is not None:
+            return
+        self._logger.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+
+_PARSING_STOPPED = "Invalid HTTP request received."
+"""uvicorn's warning when httptools stops (HttpToolsProtocol.data_received)."""
 
 
 def _refusal(code: int, detail: str) -> Answer:

@@ -106,6 +106,38 @@ def test_a_url_over_the_request_line_limit_gets_414(stack: Stack) -> None:
                                       "detail": "request URL is over 200 bytes"})  # fmt: skip
 
 
+def warnings(stack: Stack) -> list[str]:
+    """The web's warning lines so far."""
+    return [line["message"] for line in json_lines(stack.tmp / "web.log")
+            if line.get("level") == "WARNING"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "detail"),
+    [
+        (b"POST /callbacks/bulk?t=" + b"t" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+         "request URL is over 200 bytes"),
+        (b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\n"
+         + b"".join(f"X-Field-{n}: v\r\n".encode() for n in range(20)) + b"\r\n",
+         "request has over 20 header fields"),
+        (b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 1000 + b"\r\n\r\n",
+         "header field X-Big is over 1000 bytes"),
+        (b"POST /callbacks/bulk HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}", None),
+    ],
+    ids=["url", "fields", "field-size", "not-http"],
+)  # fmt: skip
+def test_a_refusal_is_logged_once(stack: Stack, request_bytes: bytes, detail: str | None) -> None:
+    """One warning per refused request: ours, saying which bound, for a bound's refusal
+    (uvicorn's "Invalid HTTP request received." came first, saying nothing more); uvicorn's
+    alone for what httptools cannot parse."""
+    before = len(warnings(stack))
+    assert exchange(stack, request_bytes)[0] in (400, 414, 431)
+    expected = [f"Refused a request: {detail}." if detail else "Invalid HTTP request received."]
+    # Both lines would be written before the answer: wait for one, then read them all.
+    wait_for(lambda: len(warnings(stack)) > before, timeout=10, what="the refusal's line")
+    assert warnings(stack)[before:] == expected
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [
