@@ -484,6 +484,13 @@ def main() -> None:
         default="100000,1000000",
         help="waiting deliveries to measure at, rising (each against none waiting)",
     )
+    parser.add_argument(
+        "--growth-rounds",
+        type=int,
+        default=5,
+        help="rounds at each growth point (with 3, its verdict at a million moved with one "
+        "round's noise)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     args = parser.parse_args()
     ensure_tools()
@@ -529,7 +536,7 @@ def main() -> None:
         results["end_to_end"] = end_to_end(fresh, fresh_redis, best / 2, 5)
         results["big_body"] = big_body(project)
         results["growth"] = growth(bench, project, project_redis, project_worker,
-                                   args.growth, args.rounds, tmp)  # fmt: skip
+                                   args.growth, args.growth_rounds, tmp)  # fmt: skip
         worker_redis = bench.redis("worker-redis")
         results["worker_settle_s"] = bench.settle()
         results["worker_per_s"] = worker_rate(worker_redis, 10_000, bench.env)
