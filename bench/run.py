@@ -75,6 +75,10 @@ class Target:
     settle: Callable[[], float] = lambda: 0.0
     """Before each round: finish (or, for the floor, drop) what earlier rounds left for its
     workers, so that every round starts from the same state; returns the seconds."""
+    cpu: dict[str, int] = field(default_factory=dict)
+    """Its parts whose CPU is measured per callback (name: pid; a process's descendants and
+    ended children count as its own). bulkhook's only: the floor's backlog is dropped, and the
+    peer's CPU per callback over a round was not its cost per callback (below)."""
 
     def stop(self) -> None:
         """Stop its processes: the floor's RQ worker, left with the rounds' backlog, would
@@ -139,11 +143,14 @@ class Bench:
         worker = self.process(f"{name}-worker", procfile("worker"), REDIS_URL=redis.url)
         base = f"http://127.0.0.1:{port}"
         _wait(base + "/readyz")
+        assert redis.process is not None  # started
+        redis_pid = redis.process.pid
         # Its worker's backlog from a round would otherwise be worked off during the next
         # ones, on the same cores: rounds 2 and 3 at a third of round 1, measured.
         target = Target("bulkhook", base + "/callbacks/bulk", b64_signer,
                         events_url=base + "/callbacks/events", pids=[web.pid],
-                        settle=lambda: drained(redis, 120))  # fmt: skip
+                        settle=lambda: drained(redis, 120),
+                        cpu={"web": web.pid, "worker": worker.pid, "redis": redis_pid})  # fmt: skip
         return target, redis, worker
 
     def floor(self) -> Target:
@@ -177,7 +184,10 @@ class Bench:
         _wait_port(port)
         # It answers before its command has run: after a 5 s round at 4,000-5,000/s it went on
         # running /bin/true on nearly both cores for 5-6 s (measured), during the next
-        # target's round. Its settle waits for that to end.
+        # target's round. Its settle waits for that to end. Its CPU per callback is not
+        # measured: with those seconds counted, a round cost it some 8 CPU-seconds whatever
+        # its length, plus ~190 us per callback (bulk c32: 360 us per callback over 5 s
+        # rounds, 233 over 20 s ones; measured), so a round's figure is not its cost.
         return Target("webhook", f"http://127.0.0.1:{port}/hooks/bulk", hex_signer,
                       processes=[peer], settle=lambda: _idle(peer.pid))  # fmt: skip
 
@@ -227,7 +237,8 @@ def wrk(target: Target, kind: str, concurrency: int, seconds: int, tmp: Path) ->
     accepted, duplicate, other, errors = (int(g) for g in match.groups()[:4])
     p50, p99, duration = (float(g) for g in match.groups()[4:])
     return {"accepted_per_s": accepted / duration, "p50_ms": p50, "p99_ms": p99,
-            "duplicate": duplicate, "other": other, "errors": errors}  # fmt: skip
+            "duplicate": duplicate, "other": other, "errors": errors,
+            "accepted": accepted}  # fmt: skip
 
 
 def end_to_end(target: Target, redis: EmbeddedRedis, rate: float, seconds: float) -> dict:
@@ -303,9 +314,30 @@ def _idle(pid: int, limit: float = 60) -> float:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time of a process and of its children that have ended."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU time of a process and of its children that have ended (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process, its descendants, and every child of theirs that has ended."""
+    return _cpu_seconds(pid) + sum(_tree_cpu_seconds(child) for child in children(pid))
+
+
+def cpu_per_callback(target: Target, round_: Callable[[], dict]) -> dict:
+    """Run `round_` (wrk), then wait for its follow-ups (the target's settle), and add to its
+    figures the CPU each of the target's measured parts used per accepted callback, in us."""
+    before = {name: _tree_cpu_seconds(pid) for name, pid in target.cpu.items()}
+    figures = round_()
+    figures["followed_up_after_s"] = target.settle()
+    if target.cpu and figures["accepted"]:
+        figures["cpu_us"] = {name: round(1e6 * (_tree_cpu_seconds(pid) - before[name])
+                                         / figures["accepted"], 1)
+                             for name, pid in target.cpu.items()}  # fmt: skip
+    return figures
 
 
 def _drop_queue(redis: EmbeddedRedis, key: str) -> float:
@@ -511,13 +543,16 @@ def main() -> None:
                         # would otherwise go on with its last round's tasks during the next
                         # target's round, and an append-only-file rewrite would too.
                         settled = round(sum(t.settle() for t in targets) + bench.settle(), 1)
-                        figures = wrk(target, kind, concurrency, seconds, tmp)
+                        figures = cpu_per_callback(
+                            target, partial(wrk, target, kind, concurrency, seconds, tmp)
+                        )
                         figures["settled_s"] = settled
                         results["rounds"][case][target.name].append(figures)
                         print(f"{case:<11} round {number + 1} {target.name:<9} "
                               f"{figures['accepted_per_s']:8.0f}/s  p50 {figures['p50_ms']:6.1f} ms"
                               f"  p99 {figures['p99_ms']:6.1f} ms  other {figures['other']}"
-                              f"  duplicate {figures['duplicate']}  (settled {settled} s before)",
+                              f"  duplicate {figures['duplicate']}  (settled {settled} s before,"
+                              f" {figures['followed_up_after_s']} s after)",
                               flush=True)  # fmt: skip
         summary = _summarise(results["rounds"])
         results["summary"] = summary
@@ -572,6 +607,10 @@ def _summarise(rounds: dict) -> dict:
         for name, runs in by_target.items():
             summary[case][name] = {key: statistics.median(r[key] for r in runs)
                                    for key in ("accepted_per_s", "p50_ms", "p99_ms")}  # fmt: skip
+            measured = [r["cpu_us"] for r in runs if "cpu_us" in r]
+            if measured:
+                summary[case][name]["cpu_us"] = {part: statistics.median(m[part] for m in measured)
+                                                 for part in measured[0]}  # fmt: skip
         for other in ("webhook", "floor"):
             ratios = [mine["accepted_per_s"] / theirs["accepted_per_s"]
                       for mine, theirs in zip(by_target["bulkhook"], by_target[other],
@@ -590,6 +629,11 @@ def _print(results: dict) -> None:
         lat = " | ".join(f"{row[n]['p50_ms']:.1f}/{row[n]['p99_ms']:.1f}"
                          for n in ("bulkhook", "webhook", "floor"))  # fmt: skip
         print(f"{case:<11}{cells}{row['ratio_webhook']:>10.2f}{row['ratio_floor']:>8.2f}   {lat}")
+    print("\nbulkhook's CPU per accepted callback, its follow-up included (us, medians)")
+    for case, row in summary.items():
+        if cpu := row["bulkhook"].get("cpu_us"):
+            parts = "  ".join(f"{part} {value:.0f}" for part, value in cpu.items())
+            print(f"{case:<11}{sum(cpu.values()):6.0f}  ({parts})")
     e2e, big, worker = results["end_to_end"], results["big_body"], results["worker_per_s"]
     verdicts = []
     for case, row in summary.items():
