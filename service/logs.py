@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -67,6 +68,8 @@ class JsonFormatter(OrjsonFormatter):
         renamed = {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}
         kwargs.setdefault("rename_fields", renamed)
         kwargs.setdefault("datefmt", "%Y-%m-%dT%H:%M:%S%z")
+        # uvicorn passes its message again with terminal colour codes, for its own formatter.
+        kwargs.setdefault("reserved_attrs", [*RESERVED_ATTRS, "color_message"])
         super().__init__(*args, **kwargs)
 
     def format(self, record: logging.LogRecord) -> str:

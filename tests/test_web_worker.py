@@ -152,6 +152,15 @@ def test_what_is_not_http_gets_a_json_400(stack: Stack, request_bytes: bytes) ->
     assert warned_since(stack, before) == ["Invalid HTTP request received."]
 
 
+def test_uvicorns_lines_carry_no_terminal_colours(stack: Stack) -> None:
+    """uvicorn logs some lines with a `color_message` besides the message, for its own
+    coloured formatter: the JSON lines keep the message only."""
+    lines = json_lines(stack.tmp / "web.log")
+    started = [line for line in lines if line["message"].startswith("Started server process")]
+    assert started and all("color_message" not in line for line in started)
+    assert not any("\x1b" in json.dumps(line, ensure_ascii=False) for line in lines)
+
+
 def test_senders_that_go_silent_are_answered_408_or_closed(stack: Stack) -> None:
     body = bulk_body()
     head = signed_request(body)
