@@ -271,6 +271,7 @@ def end_to_end(target: Target, redis: EmbeddedRedis, rate: float, seconds: float
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(send, range(total)))
+    sending = time.monotonic() - started
     deadline = time.monotonic() + 120
     latencies, from_receipt = [], []
     pending = dict(answered)
@@ -289,6 +290,7 @@ def end_to_end(target: Target, redis: EmbeddedRedis, rate: float, seconds: float
     return {
         "rate": rate,
         "sent": total,
+        "sent_per_s": total / sending,
         "measured": len(latencies),
         **_percentiles("", latencies),
         **_percentiles("from_receipt_", from_receipt),
@@ -556,7 +558,8 @@ def main() -> None:
                               flush=True)  # fmt: skip
         summary = _summarise(results["rounds"])
         results["summary"] = summary
-        best = summary["bulk c8"]["bulkhook"]["accepted_per_s"]
+        # Half the highest rate the rounds measured (the "half load").
+        best = max(summary[case]["bulkhook"]["accepted_per_s"] for case in ("bulk c8", "bulk c32"))
         print("measuring end to end, worker rate, big body and growth ...", flush=True)
         # A fresh stack: the rounds above left a backlog that would dominate the latency. The
         # first stack's worker drains that backlog first: on 2 cores it would compete. So
@@ -652,8 +655,9 @@ def _print(results: dict) -> None:
         verdicts.append(("end to end at half load", False, "no task started within 120 s"))
     else:
         verdicts.append(("end to end p50 <= 20 ms at half load", e2e["p50_ms"] <= 20,
-                         f"{e2e['p50_ms']:.1f} ms at {e2e['rate']:.0f}/s (from the web's "
-                         f"receipt: {e2e['from_receipt_p50_ms']:.1f} ms)"))  # fmt: skip
+                         f"{e2e['p50_ms']:.1f} ms at {e2e['rate']:.0f}/s (sent at "
+                         f"{e2e['sent_per_s']:.0f}/s; from the web's receipt: "
+                         f"{e2e['from_receipt_p50_ms']:.1f} ms)"))  # fmt: skip
         verdicts.append(("end to end p99 <= 100 ms at half load", e2e["p99_ms"] <= 100,
                          f"{e2e['p99_ms']:.1f} ms (from the web's receipt: "
                          f"{e2e['from_receipt_p99_ms']:.1f} ms)"))  # fmt: skip
