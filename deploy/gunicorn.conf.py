@@ -26,7 +26,7 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # uvicorn's worker: HTTP parsed in C (httptools) and an event loop (uvloop) per process; the
 # callback paths await Redis, so one process takes many callbacks at once (service/asgi.py).
 # Under the threaded worker (gthread, 3 x 4) a callback cost the web about 700 us of CPU
-# on 2 cores; here about 400 (docs/performance.md). Each process builds its own Redis
+# on 2 cores; here 190-340 (docs/performance.md). Each process builds its own Redis
 # clients after the fork (no preload). The worker class keeps gunicorn's limit_request_* settings
 # and answers a sender silent for `timeout` mid-request with 408 (service/web_worker.py).
 worker_class = WORKER_CLASS

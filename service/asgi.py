@@ -5,7 +5,7 @@ gunicorn runs it with uvicorn's worker (`deploy/gunicorn.conf.py`): HTTP is pars
 without threads; the callbacks that reach Redis in the same turn of the event loop share one
 round trip (`autopipeline.py`). Measured on 2 cores under wrk, a callback cost the web about
 700 us of CPU under gunicorn's threaded worker, about 400 us here with one round trip each,
-and 240-380 us with them shared (docs/performance.md).
+and 190-340 us with them shared, by machine and load (docs/performance.md).
 
 The callback logic is callbacks.py's own steps (`check`, the intake script, `recorded`);
 only reading the body and calling Redis differ. Flask (health, metrics, OpenAPI, dashboard)

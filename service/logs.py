@@ -57,7 +57,7 @@ class JsonFormatter(OrjsonFormatter):
     """python-json-logger's formatter with bulkhook's field names, and the access log's
     arguments as fields instead of one formatted string.
 
-    Its orjson flavour: the web writes a line per callback and the worker two per delivery.
+    Its orjson flavour: the web writes a line per callback and the worker one per delivery.
     Measured (docs/performance.md): a line cost 15-17 us of CPU with the standard library's
     encoder, 10.8 with this and no caller lookup; without its line at all the web took 14%
     more callbacks/s.
