@@ -584,10 +584,11 @@ def main() -> None:
 
 def machine() -> dict:
     """What the figures depend on besides the code: cores, CPU, and the interpreter the
-    Procfile's processes run (this venv's). Builds of one version differ: on one machine, a
-    pyenv build configured without --enable-optimizations or --with-lto took 0.81-0.90x the
-    bulk callbacks/s that Debian's own python3.11 did in interleaved rounds (README); the peer
-    is compiled Go either way. `python_loop_us` times a pure-Python loop, to compare runs."""
+    Procfile's processes run (this venv's). Builds of one version differ: a pyenv build
+    configured without --enable-optimizations or --with-lto took 0.81-0.98x the bulk c32
+    callbacks/s that Debian's own python3.11 did in interleaved rounds, by machine
+    (docs/performance.md, "The interpreter"); the peer is compiled Go either way.
+    `python_loop_us` times a pure-Python loop, to compare runs."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").open()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
     loop = min(timeit.repeat("for i in range(1000): x = i * 2", number=200, repeat=5)) / 200
