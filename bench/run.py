@@ -169,26 +169,32 @@ class Bench:
         return Target("floor", base + "/callbacks/bulk", b64_signer, processes=[web, worker],
                       settle=lambda: _drop_queue(redis, "rq:queue:floor"))  # fmt: skip
 
-    def peer(self) -> Target:
+    def peer(self, *, waits: bool = False) -> Target:
+        """adnanh/webhook with the issue's hook; with `waits`, the same hook answering only
+        once its command has run (`include-command-output-in-response`), the nearest it has
+        to bulkhook's "2xx once recorded". That one is shown for comparison, with no target."""
+        name = "webhook-waits" if waits else "webhook"
         port = free_port()
-        hooks = self.tmp / "hooks.json"
+        hooks = self.tmp / f"{name}.json"
         hooks.write_text(json.dumps([{
             "id": "bulk",
             "execute-command": "/bin/true",
+            "include-command-output-in-response": waits,
             "trigger-rule": {"match": {"type": "payload-hmac-sha256", "secret": KEY,
                              "parameter": {"source": "header",
                                            "name": "Elements-Webhook-Signature"}}},
         }]))  # fmt: skip
-        peer = self.process("peer", ["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1",
-                                     "-port", str(port)])  # fmt: skip
+        peer = self.process(name, ["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1",
+                                   "-port", str(port)])  # fmt: skip
         _wait_port(port)
-        # It answers before its command has run: after a 5 s round at 4,000-5,000/s it went on
-        # running /bin/true on nearly both cores for 5-6 s (measured), during the next
-        # target's round. Its settle waits for that to end. Its CPU per callback is not
-        # measured: with those seconds counted, a round cost it some 8 CPU-seconds whatever
-        # its length, plus ~190 us per callback (bulk c32: 360 us per callback over 5 s
-        # rounds, 233 over 20 s ones; measured), so a round's figure is not its cost.
-        return Target("webhook", f"http://127.0.0.1:{port}/hooks/bulk", hex_signer,
+        # Without `waits` it answers before its command has run: after a 5 s round at
+        # 4,000-5,000/s it went on running /bin/true on nearly both cores for 5-6 s
+        # (measured), during the next target's round. Its settle waits for that to end.
+        # Its CPU per callback is not measured: with those seconds counted, a round cost it
+        # some 8 CPU-seconds whatever its length, plus ~190 us per callback (bulk c32:
+        # 360 us per callback over 5 s rounds, 233 over 20 s ones; measured), so a round's
+        # figure is not its cost.
+        return Target(name, f"http://127.0.0.1:{port}/hooks/bulk", hex_signer,
                       processes=[peer], settle=lambda: _idle(peer.pid))  # fmt: skip
 
 
@@ -533,7 +539,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         bench = Bench(tmp, stack)
         project, project_redis, project_worker = bench.project()
-        targets = [project, bench.peer(), bench.floor()]
+        targets = [project, bench.peer(), bench.peer(waits=True), bench.floor()]
         for kind in ("bulk", "events"):
             for concurrency in (8, 32):
                 case = f"{kind} c{concurrency}"
@@ -550,7 +556,7 @@ def main() -> None:
                         )
                         figures["settled_s"] = settled
                         results["rounds"][case][target.name].append(figures)
-                        print(f"{case:<11} round {number + 1} {target.name:<9} "
+                        print(f"{case:<11} round {number + 1} {target.name:<13} "
                               f"{figures['accepted_per_s']:8.0f}/s  p50 {figures['p50_ms']:6.1f} ms"
                               f"  p99 {figures['p99_ms']:6.1f} ms  other {figures['other']}"
                               f"  duplicate {figures['duplicate']}  (settled {settled} s before,"
@@ -615,7 +621,7 @@ def _summarise(rounds: dict) -> dict:
             if measured:
                 summary[case][name]["cpu_us"] = {part: statistics.median(m[part] for m in measured)
                                                  for part in measured[0]}  # fmt: skip
-        for other in ("webhook", "floor"):
+        for other in (name for name in by_target if name != "bulkhook"):
             ratios = [mine["accepted_per_s"] / theirs["accepted_per_s"]
                       for mine, theirs in zip(by_target["bulkhook"], by_target[other],
                                               strict=True) if theirs["accepted_per_s"]]  # fmt: skip
@@ -625,14 +631,24 @@ def _summarise(rounds: dict) -> dict:
 
 def _print(results: dict) -> None:
     summary = results["summary"]
-    print(f"\n{'case':<11}{'bulkhook':>10}{'webhook':>10}{'floor':>10}{'/webhook':>10}"
-          f"{'/floor':>8}   p50/p99 ms bulkhook | webhook | floor")  # fmt: skip
+    first = next(iter(summary.values()))
+    # Older results have no waiting peer.
+    names = [n for n in ("bulkhook", "webhook", "webhook-waits", "floor") if n in first]
+    others = names[1:]
+    heads = {n: "waits" if n == "webhook-waits" else n for n in names}
+    print(f"\n{'case':<11}" + "".join(f"{heads[n]:>10}" for n in names)
+          + "".join(f"{'/' + heads[n]:>9}" for n in others)
+          + "   p50/p99 ms " + " | ".join(heads[n] for n in names))  # fmt: skip
     for case, row in summary.items():
-        cells = "".join(f"{row[n]['accepted_per_s']:>10.0f}" for n in ("bulkhook", "webhook",
-                                                                         "floor"))  # fmt: skip
-        lat = " | ".join(f"{row[n]['p50_ms']:.1f}/{row[n]['p99_ms']:.1f}"
-                         for n in ("bulkhook", "webhook", "floor"))  # fmt: skip
-        print(f"{case:<11}{cells}{row['ratio_webhook']:>10.2f}{row['ratio_floor']:>8.2f}   {lat}")
+        cells = "".join(f"{row[n]['accepted_per_s']:>10.0f}" for n in names)
+        ratios = "".join(f"{row[f'ratio_{n}']:>9.2f}" for n in others)
+        lat = " | ".join(f"{row[n]['p50_ms']:.1f}/{row[n]['p99_ms']:.1f}" for n in names)
+        print(f"{case:<11}{cells}{ratios}   {lat}")
+    if "webhook-waits" in names:
+        print(
+            "waits: the same peer answering only once its /bin/true has run "
+            "(include-command-output-in-response); for comparison, no target"
+        )
     print("\nbulkhook's CPU per accepted callback, its follow-up included (us, medians)")
     for case, row in summary.items():
         if cpu := row["bulkhook"].get("cpu_us"):

@@ -54,3 +54,23 @@ def test_fill_records_deliveries_as_the_web_does(
     assert conn.zcard(delivery.PENDING_KEY) == 0
     states = {conn.hget(delivery.record_key(each), "state") for each in ids}
     assert states == {b"done"}
+
+
+def test_summary_has_a_ratio_for_every_other_target() -> None:
+    """Each ratio is the median of the per-round ratios, for the waiting peer as for the
+    issue's peer and the floor."""
+
+    def rounds(*rates: float) -> list[dict]:
+        return [{"accepted_per_s": rate, "p50_ms": 1.0, "p99_ms": 2.0} for rate in rates]
+
+    summary = _bench_run()._summarise({"bulk c8": {
+        "bulkhook": rounds(100, 200, 300),
+        "webhook": rounds(200, 200, 200),
+        "webhook-waits": rounds(50, 400, 100),
+        "floor": rounds(10, 100, 300),
+    }})["bulk c8"]  # fmt: skip
+
+    assert summary["ratio_webhook"] == 1.0  # 0.5, 1.0, 1.5
+    assert summary["ratio_webhook-waits"] == 2.0  # 2.0, 0.5, 3.0
+    assert summary["ratio_floor"] == 2.0  # 10.0, 2.0, 1.0
+    assert summary["bulkhook"]["accepted_per_s"] == 200
